@@ -1,0 +1,5 @@
+import sys
+
+from camdeploy.cli import main
+
+sys.exit(main())

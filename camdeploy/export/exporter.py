@@ -1,0 +1,186 @@
+"""Export a GAP classifier with its CAM head to one self-contained, verified ONNX file."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import camdeploy
+from camdeploy.errors import CamdeployError
+from camdeploy.export.cam_head import OUTPUT_NAMES, CamModel
+from camdeploy.export.contract import find_contract
+from camdeploy.metadata import RESIZE_MODES, ModelSpec, Normalization
+
+INPUT_NAME = "images"
+OPSET = 18
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export; the defaults are the CAM paper's (top-5 maps, box threshold 0.2)."""
+
+    input_size: tuple[int, int] = (224, 224)
+    normalization: Normalization = Normalization((1 / 255,) * 3, (0.0,) * 3)  # type: ignore[arg-type]
+    class_names: tuple[str, ...] | None = None
+    """K names; default ``class 0`` ... ``class K-1``."""
+    topk: int = 5
+    box_threshold: float = 0.2
+    source_model: str = "custom"
+    resize: str = "stretch"
+    feature_module: str | None = None
+    linear_module: str | None = None
+    pooling: str | None = None
+    """``avg`` or ``max``; detected when None."""
+    verify: bool = True
+    verify_batches: tuple[int, ...] = (1, 3)
+    opset: int = OPSET
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote and how well ONNX Runtime matched PyTorch."""
+
+    path: Path
+    spec: ModelSpec
+    contract: str
+    max_abs_error: dict[str, float] = field(default_factory=dict)
+
+
+# Verification tolerances, fp32: logits and features in units of their magnitude, cams absolute.
+TOLERANCE = {"logits": 1e-4, "features": 1e-4, "scores": 1e-5, "cams": 1e-3}
+
+
+def _validate(options: ExportOptions, num_classes: int) -> None:
+    if not 1 <= options.topk <= num_classes:
+        raise CamdeployError(f"--topk {options.topk}: expected 1..{num_classes} (the model's classes)")
+    if not 0.0 <= options.box_threshold <= 1.0:
+        raise CamdeployError(f"--box-threshold {options.box_threshold}: expected a value in [0, 1]")
+    if options.resize not in RESIZE_MODES:
+        raise CamdeployError(f"--resize {options.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+    if options.class_names is not None and len(options.class_names) != num_classes:
+        raise CamdeployError(
+            f"--labels: {len(options.class_names)} names for a model with {num_classes} classes; "
+            "expected one name per class"
+        )
+
+
+def _to_onnx(cam_model: CamModel, options: ExportOptions) -> bytes:
+    example = torch.zeros(2, 3, *options.input_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter reports progress on stdout and notes on the "torch.onnx" logger; keep the
+    # CLI's output to what concerns the user.
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                cam_model, (example,), None, input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES), opset_version=options.opset,
+                dynamic_shapes=({0: batch},), dynamo=True, verbose=False,
+            )
+        except Exception as exc:
+            raise CamdeployError(f"torch.onnx.export failed: {exc}") from exc
+        finally:
+            logger.setLevel(level)
+    return program.model_proto.SerializeToString()  # type: ignore[union-attr]
+
+
+def _verify(path: Path, cam_model: CamModel, options: ExportOptions) -> dict[str, float]:
+    """Run the written file on ONNX Runtime and compare every output with PyTorch."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(1234)
+    worst = dict.fromkeys(("logits", "features", "scores", "cams"), 0.0)
+    for batch in options.verify_batches:
+        x = torch.randn(batch, 3, *options.input_size, generator=generator)
+        with torch.inference_mode():
+            expected = dict(zip(OUTPUT_NAMES, (t.numpy() for t in cam_model(x)), strict=True))
+        got = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()}),
+                       strict=True))
+        # Classes may swap where two probabilities are within rounding of each other: accept a
+        # different class only if PyTorch gives it the same probability, and compare the maps
+        # only where both runtimes picked the same class.
+        same = got["classes"] == expected["classes"]
+        logits = expected["logits"].astype(np.float64)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        swapped = np.abs(np.take_along_axis(probs, got["classes"], axis=1) - expected["scores"])
+        if (swapped[~same] > TOLERANCE["scores"]).any():
+            raise CamdeployError(
+                f"verification failed: ONNX Runtime's top classes differ from PyTorch's at batch "
+                f"{batch}: {got['classes'].tolist()} vs {expected['classes'].tolist()}"
+            )
+        for name in ("logits", "features", "scores", "cams"):
+            diff = np.abs(got[name].astype(np.float64) - expected[name])
+            if name == "cams":
+                diff = diff[same]
+            scale = 1.0 + float(np.abs(expected[name]).max()) if name in ("logits", "features") else 1.0
+            error = float(diff.max()) if diff.size else 0.0
+            worst[name] = max(worst[name], error)
+            if error > TOLERANCE[name] * scale:
+                raise CamdeployError(
+                    f"verification failed: output {name!r} differs between ONNX Runtime and PyTorch "
+                    f"by up to {error:.3g} at batch {batch} (tolerance {TOLERANCE[name] * scale:.3g})"
+                )
+    return worst
+
+
+def export_onnx(model: torch.nn.Module, output: str | os.PathLike[str],
+                options: ExportOptions = ExportOptions()) -> ExportReport:
+    """Export ``model`` with its CAM head to ``output``, atomically, and verify it.
+
+    The file is written to a temporary name beside ``output``, checked with the ONNX checker,
+    compared against PyTorch on ONNX Runtime, and only then renamed to ``output``: a failure at
+    any step leaves no file behind (and an existing ``output`` untouched).
+    """
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise CamdeployError(f"--output {output}: expected a path ending in .onnx")
+    if output.is_dir():
+        raise CamdeployError(f"--output {output}: is a folder; expected a file path ending in .onnx")
+    contract = find_contract(model, options.input_size, feature_module=options.feature_module,
+                             linear_module=options.linear_module, pooling=options.pooling)
+    num_classes = contract.linear.out_features
+    _validate(options, num_classes)
+    spec = ModelSpec(
+        class_names=options.class_names or tuple(f"class {i}" for i in range(num_classes)),
+        input_height=options.input_size[0], input_width=options.input_size[1],
+        normalization=options.normalization, topk=options.topk,
+        box_threshold=options.box_threshold, source_model=options.source_model,
+        pooling=contract.pooling, resize=options.resize, camdeploy_version=camdeploy.__version__,
+    )
+    cam_model = CamModel(contract, options.topk, options.input_size).eval()
+
+    import onnx
+
+    proto = onnx.load_from_string(_to_onnx(cam_model, options))
+    proto.producer_name = "camdeploy"
+    proto.producer_version = camdeploy.__version__
+    proto.doc_string = (f"{options.source_model} with a CAM head exported by camdeploy "
+                        f"{camdeploy.__version__}; see metadata_props for preprocessing and labels")
+    onnx.helper.set_model_props(proto, spec.to_props())
+    if proto.ByteSize() >= 2**31 - 2**20:
+        raise CamdeployError("the model is larger than 2 GB, the limit of a self-contained ONNX file")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    try:
+        onnx.save_model(proto, str(temporary), save_as_external_data=False)
+        errors = _verify(temporary, cam_model, options) if options.verify else {}
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return ExportReport(output, spec, contract.shape, errors)

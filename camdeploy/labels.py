@@ -1,0 +1,40 @@
+"""Class names: the bundled ImageNet-1k list and user label files."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from camdeploy.errors import CamdeployError
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in the standard sorted-wnid order (torchvision, timm, Caffe).
+
+    Each name is the first synonym of the class's WordNet entry, e.g. ``"tench"`` for n01440764.
+    """
+    text = resources.files("camdeploy.data").joinpath("imagenet_synsets.txt").read_text("utf-8")
+    names = []
+    for line in text.splitlines():
+        _wnid, _, words = line.partition(" ")
+        names.append(words.split(",")[0].strip())
+    return names
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Read a label file: one class name per line, in class-index order; blank lines are refused."""
+    path = Path(path)
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except OSError as exc:
+        raise CamdeployError(f"--labels {path}: cannot read the file ({exc.strerror})") from exc
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise CamdeployError(
+                f"--labels {path}: line {number} is blank; expected one class name per line"
+            )
+    if not lines:
+        raise CamdeployError(f"--labels {path}: the file is empty; expected one class name per line")
+    return [line.strip() for line in lines]

@@ -1,0 +1,139 @@
+"""Reading images and preparing them for a camdeploy graph, and mapping boxes back to the image.
+
+Images are read with OpenCV: EXIF orientation is applied, grayscale becomes three channels,
+RGBA is composited over white and 16-bit images are scaled to 8 bits. Preparation resizes to the
+model's input size (``stretch``, the default, or ``crop``: scale the short side and cut the
+centre) and applies the normalisation stored in the model's metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from camdeploy.errors import CamdeployError
+from camdeploy.metadata import RESIZE_MODES, ModelSpec
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_ALPHA_SIGNATURES = (b"\x89PNG", b"RIFF", b"II*\x00", b"MM\x00*")  # PNG, WebP, TIFF
+
+
+def _to_uint8(image: np.ndarray, source: str) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)  # 65535 -> 255
+    if image.dtype in (np.float32, np.float64):
+        return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise CamdeployError(f"{source}: pixel type {image.dtype} is not supported; expected 8 or 16 bit")
+
+
+def decode_image(data: bytes, source: str = "image") -> np.ndarray:
+    """Decode encoded image bytes to an RGB ``uint8`` array ``[H, W, 3]``."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    # IMREAD_COLOR applies the EXIF orientation and turns grayscale into 3 channels;
+    # IMREAD_ANYDEPTH keeps 16-bit samples so that we scale them ourselves.
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if buffer.size else None
+    if image is None:
+        raise CamdeployError(f"{source}: not a readable image (corrupt, empty or unknown format)")
+    image = _to_uint8(image, source)
+    if data[:4] in _ALPHA_SIGNATURES:
+        full = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        if full is not None and full.ndim == 3 and full.shape[2] == 4 and full.shape[:2] == image.shape[:2]:
+            alpha = _to_uint8(full[:, :, 3:], source).astype(np.float32) / 255.0
+            white = np.full_like(image, 255, dtype=np.float32)
+            image = (image * alpha + white * (1.0 - alpha) + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file to RGB ``uint8`` ``[H, W, 3]``; unreadable files raise CamdeployError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CamdeployError(f"{path}: cannot read the file ({exc.strerror})") from exc
+    return decode_image(data, str(path))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """How an input-tensor pixel maps to the original image: ``orig = tensor * scale + offset``.
+
+    Boxes use pixel-edge coordinates (a box covering pixel columns 3..5 has x0=3, x1=6), so the
+    mapping is a plain affine map, exact for stretch and crop alike.
+    """
+
+    width: int
+    height: int
+    scale_x: float
+    scale_y: float
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Map ``[..., 4]`` boxes ``x0, y0, x1, y1`` from tensor pixels to original-image pixels."""
+        out = np.empty_like(boxes, dtype=np.float32)
+        out[..., 0::2] = boxes[..., 0::2] * self.scale_x + self.offset_x
+        out[..., 1::2] = boxes[..., 1::2] * self.scale_y + self.offset_y
+        np.clip(out[..., 0::2], 0, self.width, out=out[..., 0::2])
+        np.clip(out[..., 1::2], 0, self.height, out=out[..., 1::2])
+        return out
+
+
+def resize_for_model(image: np.ndarray, height: int, width: int, mode: str = "stretch"
+                     ) -> tuple[np.ndarray, Frame]:
+    """Resize an RGB image to ``height x width``; return it and the :class:`Frame` back to it."""
+    if mode not in RESIZE_MODES:
+        raise CamdeployError(f"--resize {mode!r}: expected one of {', '.join(RESIZE_MODES)}")
+    h0, w0 = image.shape[:2]
+    if mode == "stretch":
+        new_w, new_h, left, top = width, height, 0, 0
+    else:
+        ratio = max(width / w0, height / h0)
+        new_w, new_h = max(width, round(w0 * ratio)), max(height, round(h0 * ratio))
+        left, top = (new_w - width) // 2, (new_h - height) // 2
+    shrinking = new_w < w0 or new_h < h0
+    resized = cv2.resize(image, (new_w, new_h),
+                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    resized = resized[top:top + height, left:left + width]
+    sx, sy = w0 / new_w, h0 / new_h
+    return resized, Frame(w0, h0, sx, sy, left * sx, top * sy)
+
+
+def normalize(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """RGB ``uint8 [H, W, 3]`` -> model input ``float32 [3, H, W]`` with the spec's normalisation."""
+    scale = np.asarray(spec.normalization.scale, dtype=np.float32)
+    offset = np.asarray(spec.normalization.offset, dtype=np.float32)
+    x = image.astype(np.float32) * scale + offset  # [H, W, 3]
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def prepare(image: np.ndarray, spec: ModelSpec, resize: str | None = None) -> tuple[np.ndarray, Frame]:
+    """Resize and normalise one RGB image for the model described by ``spec``."""
+    resized, frame = resize_for_model(image, spec.input_height, spec.input_width,
+                                      resize or spec.resize)
+    return normalize(resized, spec), frame
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into image paths; missing paths raise."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*")
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise CamdeployError(f"INPUT {item}: no such file or folder")
+    if not found:
+        raise CamdeployError(
+            f"INPUT {' '.join(inputs)}: no images found; expected files or folders holding "
+            f"{', '.join(IMAGE_SUFFIXES)} files"
+        )
+    return found

@@ -1,0 +1,76 @@
+"""The runner interface: open, infer a batch, close; the same :class:`CamResult` from every backend."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from types import TracebackType
+
+import numpy as np
+
+from camdeploy.errors import CamdeployError
+from camdeploy.metadata import ModelSpec
+from camdeploy.runtime.boxes import cam_boxes
+from camdeploy.runtime.images import Frame
+from camdeploy.runtime.result import CamResult
+
+
+class Runner(ABC):
+    """Base class of all backends.
+
+    Subclasses implement :meth:`open`, :meth:`close` and :meth:`_run`, which maps a preprocessed
+    batch to ``logits, classes, scores, cams``; boxes are computed here, once for every backend,
+    by :func:`camdeploy.runtime.boxes.cam_boxes`.
+    """
+
+    name = "runner"
+
+    def __init__(self, spec: ModelSpec, box_threshold: float | None = None):
+        self.spec = spec
+        self.box_threshold = spec.box_threshold if box_threshold is None else box_threshold
+        if not 0.0 <= self.box_threshold <= 1.0:
+            raise CamdeployError(f"--box-threshold {self.box_threshold}: expected a value in [0, 1]")
+        self.is_open = False
+
+    @abstractmethod
+    def open(self) -> None:
+        """Load the model; called by ``with runner:``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the model."""
+
+    @abstractmethod
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``images float32 [N, 3, S_h, S_w]`` -> ``logits, classes, scores, cams``."""
+
+    def infer(self, images: np.ndarray) -> CamResult:
+        """Run a preprocessed batch; boxes are in input-tensor pixels."""
+        if not self.is_open:
+            raise CamdeployError(f"{self.name} runner: call open() or use `with runner:` before infer()")
+        expected = (3, self.spec.input_height, self.spec.input_width)
+        if images.ndim != 4 or images.shape[1:] != expected or images.shape[0] == 0:
+            raise CamdeployError(
+                f"images: got shape {tuple(images.shape)}; expected [N, {', '.join(map(str, expected))}]"
+                " with N >= 1, as prepared by camdeploy.runtime.images.prepare"
+            )
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        logits, classes, scores, cams = self._run(images)
+        return CamResult(logits, classes.astype(np.int64), scores, cams,
+                         cam_boxes(cams, self.box_threshold))
+
+    def infer_images(self, images: np.ndarray, frames: Sequence[Frame]) -> CamResult:
+        """Run a preprocessed batch; boxes are mapped to original-image pixels through ``frames``."""
+        if len(frames) != len(images):
+            raise CamdeployError(f"frames: {len(frames)} frames for {len(images)} images; expected one each")
+        result = self.infer(images)
+        result.boxes = np.stack([frame.to_original(b) for frame, b in zip(frames, result.boxes, strict=True)])
+        return result
+
+    def __enter__(self) -> Runner:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,75 @@
+"""The PyTorch reference: the model's eager forward plus the same CAM math as the graph.
+
+Needs the ``export`` extra (torch). Preprocessing, T and the box threshold come from the
+:class:`ModelSpec` (usually the exported file's metadata), so that the reference and the graph see
+identical inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from camdeploy.errors import CamdeployError
+from camdeploy.metadata import ModelSpec
+from camdeploy.runtime.runner import Runner
+
+
+class TorchRunner(Runner):
+    """Runs a PyTorch classifier eagerly with :class:`camdeploy.export.cam_head.CamModel`.
+
+    Args:
+        model: an ``nn.Module``, or a ``--model`` string (built-in name or ``module:callable``).
+        spec: input size, normalisation, T and threshold to use.
+        box_threshold: overrides ``spec.box_threshold``.
+        feature_module, linear_module: the contract override, as for export.
+    """
+
+    name = "torch"
+
+    def __init__(self, model: object, spec: ModelSpec, box_threshold: float | None = None,
+                 feature_module: str | None = None, linear_module: str | None = None):
+        super().__init__(spec, box_threshold)
+        self.model = model
+        self.feature_module = feature_module
+        self.linear_module = linear_module
+        self._cam_model = None
+
+    def open(self) -> None:
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            raise CamdeployError(
+                "--backend torch needs PyTorch: install the 'export' extra (pip install 'camdeploy[export]')"
+            ) from exc
+        from camdeploy.export.cam_head import CamModel
+        from camdeploy.export.contract import find_contract
+        from camdeploy.export.sources import load_model
+
+        size = (self.spec.input_height, self.spec.input_width)
+        model = self.model
+        if isinstance(model, str):
+            if size[0] != size[1]:
+                raise CamdeployError(f"--model {model}: only square inputs are supported, got {size}")
+            model = load_model(model, input_size=size[0]).module
+        contract = find_contract(model, size, feature_module=self.feature_module,  # type: ignore[arg-type]
+                                 linear_module=self.linear_module, pooling=self.spec.pooling)
+        if contract.linear.out_features != len(self.spec.class_names):
+            raise CamdeployError(
+                f"--model: the PyTorch model has {contract.linear.out_features} classes but the "
+                f"exported model has {len(self.spec.class_names)}; use the model it was exported from "
+                f"({self.spec.source_model})"
+            )
+        self._cam_model = CamModel(contract, self.spec.topk, size).eval()
+        self.is_open = True
+
+    def close(self) -> None:
+        self._cam_model = None
+        self.is_open = False
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        assert self._cam_model is not None  # guarded by infer()
+        with torch.inference_mode():
+            logits, _features, classes, scores, cams = self._cam_model(torch.from_numpy(images))
+        return logits.numpy(), classes.numpy(), scores.numpy(), cams.numpy()
