@@ -120,9 +120,9 @@ def _locate(model: nn.Module, feature_module: str | None, linear_module: str | N
         return (_PrefixFeatures(model, feature_module),
                 _single_linear(head, f"--linear-module {linear_module}"),
                 f"override: features {feature_module!r}, linear {linear_module!r}")
-    if callable(getattr(model, "forward_features", None)) and callable(
-            getattr(model, "get_classifier", None)):
-        return (_ForwardFeatures(model), _single_linear(model.get_classifier(), "get_classifier()"),
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(getattr(model, "forward_features", None)) and callable(get_classifier):
+        return (_ForwardFeatures(model), _single_linear(get_classifier(), "get_classifier()"),
                 "timm style: forward_features() + get_classifier()")
     children = dict(model.named_children())
     if "layer4" in children and "fc" in children:

@@ -20,6 +20,7 @@ from camdeploy.export.contract import find_contract
 from camdeploy.metadata import RESIZE_MODES, ModelSpec, Normalization
 
 INPUT_NAME = "images"
+UNIT_NORMALIZATION = Normalization((1 / 255,) * 3, (0.0,) * 3)  # type: ignore[arg-type]
 OPSET = 18
 
 
@@ -28,7 +29,7 @@ class ExportOptions:
     """How to export; the defaults are the CAM paper's (top-5 maps, box threshold 0.2)."""
 
     input_size: tuple[int, int] = (224, 224)
-    normalization: Normalization = Normalization((1 / 255,) * 3, (0.0,) * 3)  # type: ignore[arg-type]
+    normalization: Normalization = UNIT_NORMALIZATION
     class_names: tuple[str, ...] | None = None
     """K names; default ``class 0`` ... ``class K-1``."""
     topk: int = 5

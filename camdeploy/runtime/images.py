@@ -31,6 +31,22 @@ def _to_uint8(image: np.ndarray, source: str) -> np.ndarray:
     raise CamdeployError(f"{source}: pixel type {image.dtype} is not supported; expected 8 or 16 bit")
 
 
+def _oriented_like(full: np.ndarray, oriented: np.ndarray, source: str) -> np.ndarray | None:
+    """The alpha plane of ``full`` (BGRA as stored) turned like ``oriented`` (BGR after EXIF).
+
+    OpenCV applies the EXIF orientation only when it drops the alpha channel, so find which of
+    the eight orientations turns the stored colour planes into ``oriented`` and apply it to alpha.
+    """
+    stored = _to_uint8(full, source)
+    for flip in (False, True):
+        planes = stored[:, ::-1] if flip else stored
+        for quarter_turns in range(4):
+            turned = np.rot90(planes, quarter_turns)
+            if turned.shape[:2] == oriented.shape[:2] and np.array_equal(turned[:, :, :3], oriented):
+                return turned[:, :, 3]
+    return None  # colour planes decoded differently: keep the colours, drop the alpha
+
+
 def decode_image(data: bytes, source: str = "image") -> np.ndarray:
     """Decode encoded image bytes to an RGB ``uint8`` array ``[H, W, 3]``."""
     buffer = np.frombuffer(data, dtype=np.uint8)
@@ -41,11 +57,12 @@ def decode_image(data: bytes, source: str = "image") -> np.ndarray:
         raise CamdeployError(f"{source}: not a readable image (corrupt, empty or unknown format)")
     image = _to_uint8(image, source)
     if data[:4] in _ALPHA_SIGNATURES:
-        full = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-        if full is not None and full.ndim == 3 and full.shape[2] == 4 and full.shape[:2] == image.shape[:2]:
-            alpha = _to_uint8(full[:, :, 3:], source).astype(np.float32) / 255.0
-            white = np.full_like(image, 255, dtype=np.float32)
-            image = (image * alpha + white * (1.0 - alpha) + 0.5).astype(np.uint8)
+        full = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)  # keeps alpha, ignores EXIF orientation
+        if full is not None and full.ndim == 3 and full.shape[2] == 4:
+            alpha = _oriented_like(full, image, source)
+            if alpha is not None:
+                weight = alpha.astype(np.float32)[:, :, None] / 255.0
+                image = (image * weight + 255.0 * (1.0 - weight) + 0.5).astype(np.uint8)
     return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
 
 

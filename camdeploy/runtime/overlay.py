@@ -27,7 +27,7 @@ def draw_overlay(image: np.ndarray, cam: np.ndarray, box: np.ndarray, label: str
     heat = cam_to_image(cam, frame)
     colored = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
     picture = cv2.addWeighted(image, 1.0 - alpha, colored, alpha, 0.0)
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0, x1, y1 = (round(float(v)) for v in box)
     thickness = max(2, round(min(image.shape[:2]) / 150))
     cv2.rectangle(picture, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (0, 255, 0), thickness)
     font_scale = max(0.45, min(image.shape[:2]) / 500)

@@ -7,6 +7,8 @@ identical inputs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from camdeploy.errors import CamdeployError
@@ -32,7 +34,7 @@ class TorchRunner(Runner):
         self.model = model
         self.feature_module = feature_module
         self.linear_module = linear_module
-        self._cam_model = None
+        self._cam_model: Any = None
 
     def open(self) -> None:
         try:

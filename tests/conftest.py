@@ -1,0 +1,57 @@
+"""Shared fixtures and the marker policy.
+
+* ``integration``: the real EfficientNet-Lite0 and real photos (needs the export and demo extras).
+* ``data``: real images under ``../shared/data`` (or ``$CAMDEPLOY_DATA``); skipped with a reason
+  when that folder is absent.
+* ``gpu``: needs an NVIDIA GPU, decided by ONNX Runtime's own provider check; skipped with a
+  reason otherwise. Nothing is ever "passed" by returning early.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("CAMDEPLOY_DATA", REPO.parent / "shared" / "data"))
+DEV = DATA / "imagenet-val" / "dev"
+
+
+def gpu_reason() -> str | None:
+    """Why GPU tests cannot run here, or None when ONNX Runtime offers CUDA."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return (f"no GPU: ONNX Runtime {ort.__version__} here offers only "
+                f"{', '.join(ort.get_available_providers())} (install the 'gpu' extra on a CUDA machine)")
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    data_skip = pytest.mark.skip(reason=f"real data folder {DEV} is absent (it sits beside the repo "
+                                 "as ../shared/data, or set CAMDEPLOY_DATA)")
+    reason = None
+    for item in items:
+        if "data" in item.keywords and not (DEV / "annotations.json").is_file():
+            item.add_marker(data_skip)
+        if "gpu" in item.keywords:
+            reason = reason or gpu_reason()
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def lite0_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """EfficientNet-Lite0 exported once per test session with the CLI defaults."""
+    from camdeploy.export.exporter import ExportOptions, export_onnx
+    from camdeploy.export.sources import load_model
+    from camdeploy.labels import imagenet_classes
+
+    source = load_model("efficientnet_lite0")
+    path = tmp_path_factory.mktemp("lite0") / "efficientnet_lite0.onnx"
+    export_onnx(source.module, path, ExportOptions(
+        input_size=source.input_size, normalization=source.normalization,
+        class_names=tuple(imagenet_classes()), source_model=source.name))
+    return path

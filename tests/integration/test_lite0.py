@@ -1,0 +1,82 @@
+"""The real EfficientNet-Lite0 with its ImageNet weights, on real photos."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DEV
+
+import camdeploy
+from camdeploy.cli import main
+from camdeploy.demo import demo_photos
+from camdeploy.runtime.images import list_images
+from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from camdeploy.runtime.pipeline import RunOptions, run_files
+from camdeploy.runtime.torch_runner import TorchRunner
+
+pytestmark = pytest.mark.integration
+CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of ``[..., 4]`` pixel-edge boxes."""
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
+    inter = w * h
+    return inter / (area(a) + area(b) - inter)
+
+
+def run_both(model: Path, paths, out: Path):
+    summaries = {}
+    with OnnxRuntimeRunner(model) as runner:
+        summaries["ort"] = run_files(runner, paths, out / "ort", RunOptions(batch_size=16, progress=False))
+    with TorchRunner("efficientnet_lite0", runner.spec) as runner:
+        summaries["torch"] = run_files(runner, paths, out / "torch", RunOptions(batch_size=16, progress=False))
+    return summaries["ort"].records, summaries["torch"].records
+
+
+def test_photos_cat_is_a_cat_and_backends_agree(lite0_onnx, tmp_path):
+    photos = demo_photos()
+    ort_records, torch_records = run_both(lite0_onnx, photos, tmp_path)
+    by_name = {Path(r["file"]).name: r for r in ort_records}
+    assert CAT_CLASSES & set(by_name["chelsea.png"]["classes"])
+    assert by_name["chelsea.png"]["classes"][0] in CAT_CLASSES
+    assert {"espresso", "cup", "coffee mug"} & set(by_name["coffee.png"]["labels"][:3])
+    for a, b in zip(ort_records, torch_records, strict=True):
+        assert a["classes"] == b["classes"]
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-4)
+        assert np.all(iou(np.array(a["boxes"]), np.array(b["boxes"])) >= 0.99)
+
+
+def test_demo_command_writes_overlays_and_table(lite0_onnx, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # The session's export stands in for the cached one, so the demo does not export again.
+    shutil.copy(lite0_onnx, cache / f"efficientnet_lite0-top5-camdeploy{camdeploy.__version__}.onnx")
+    monkeypatch.setenv("CAMDEPLOY_CACHE_DIR", str(cache))
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    table = capsys.readouterr().out
+    assert "chelsea.png" in table and ("Egyptian cat" in table or "tabby" in table or "tiger cat" in table)
+    written = sorted(p.name for p in (tmp_path / "demo").iterdir())
+    assert "results.jsonl" in written and len([n for n in written if n.endswith("_cam.png")]) == len(demo_photos())
+
+
+@pytest.mark.data
+def test_dev_images_ort_equals_reference(lite0_onnx, tmp_path):
+    paths = list_images([str(DEV / "images")])
+    assert len(paths) == 699
+    ort_records, torch_records = run_both(lite0_onnx, paths, tmp_path)
+    assert len(ort_records) == len(torch_records) == 699
+    top1 = [a["classes"][0] == b["classes"][0] for a, b in zip(ort_records, torch_records, strict=True)]
+    assert all(top1), f"top-1 differs on {top1.count(False)} images"
+    ious = np.array([iou(np.array(a["boxes"][0]), np.array(b["boxes"][0]))
+                     for a, b in zip(ort_records, torch_records, strict=True)])
+    assert ious.min() >= 0.99, f"worst top-1 box IoU {ious.min():.4f}"
+    # And the model is the real thing: its top-1 accuracy on these images.
+    truth = {Path(r["file"]).name: r["class_index"]
+             for r in json.loads((DEV / "annotations.json").read_text())["images"]}
+    accuracy = np.mean([truth[Path(r["file"]).name] == r["classes"][0] for r in ort_records])
+    assert accuracy > 0.75, accuracy

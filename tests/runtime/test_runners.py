@@ -1,0 +1,139 @@
+"""ONNX Runtime and the PyTorch reference behind one interface, on a tiny exported model."""
+
+import json
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+from tiny_models import TorchvisionStyle, seeded
+
+from camdeploy.errors import CamdeployError
+from camdeploy.export.exporter import ExportOptions, export_onnx
+from camdeploy.runtime.boxes import cam_boxes
+from camdeploy.runtime.images import Frame
+from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from camdeploy.runtime.pipeline import RunOptions, run_files
+from camdeploy.runtime.torch_runner import TorchRunner
+
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model = seeded(TorchvisionStyle())
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    report = export_onnx(model, path, ExportOptions(input_size=SIZE, topk=3, source_model="tiny"))
+    return model, path, report.spec
+
+
+def batch(n, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 3, *SIZE)).astype(np.float32)
+
+
+def test_backends_return_the_same_result(tiny):
+    model, path, spec = tiny
+    x = batch(5)
+    with OnnxRuntimeRunner(path) as onnx_runner, TorchRunner(model, spec) as torch_runner:
+        a, b = onnx_runner.infer(x), torch_runner.infer(x)
+    assert len(a) == len(b) == 5
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    np.testing.assert_allclose(a.cams, b.cams, atol=1e-4)
+    assert a.boxes.shape == (5, 3, 4) and a.boxes.dtype == np.float32
+    np.testing.assert_array_equal(a.boxes, cam_boxes(a.cams, spec.box_threshold))
+
+
+def test_box_threshold_override_changes_boxes(tiny):
+    _, path, _ = tiny
+    x = batch(4, seed=3)
+    with OnnxRuntimeRunner(path) as loose, OnnxRuntimeRunner(path, box_threshold=0.9) as tight:
+        a, b = loose.infer(x), tight.infer(x)
+    np.testing.assert_array_equal(b.boxes, cam_boxes(b.cams, 0.9))
+    areas = lambda r: (r.boxes[..., 2] - r.boxes[..., 0]) * (r.boxes[..., 3] - r.boxes[..., 1])  # noqa: E731
+    assert np.all(areas(b) <= areas(a)) and np.any(areas(b) < areas(a))
+
+
+def test_infer_images_maps_boxes_to_original_pixels(tiny):
+    _, path, _ = tiny
+    frames = [Frame(64, 96, 2.0, 3.0), Frame(320, 32, 10.0, 1.0)]
+    with OnnxRuntimeRunner(path) as runner:
+        plain = runner.infer(batch(2))
+        mapped = runner.infer_images(batch(2), frames)
+    np.testing.assert_allclose(mapped.boxes[0], plain.boxes[0] * [2, 3, 2, 3])
+    np.testing.assert_allclose(mapped.boxes[1], plain.boxes[1] * [10, 1, 10, 1])
+
+
+def test_infer_before_open_and_bad_shapes_are_refused(tiny):
+    _, path, _ = tiny
+    runner = OnnxRuntimeRunner(path)
+    with pytest.raises(CamdeployError, match="call open"):
+        runner.infer(batch(1))
+    with runner, pytest.raises(CamdeployError, match=r"images: got shape \(1, 3, 16, 16\); expected \[N, 3, 32, 32\]"):
+        runner.infer(np.zeros((1, 3, 16, 16), np.float32))
+
+
+def test_bad_runner_arguments(tiny):
+    _, path, _ = tiny
+    with pytest.raises(CamdeployError, match="--provider 'rocm': expected one of cpu, cuda, tensorrt"):
+        OnnxRuntimeRunner(path, provider="rocm")
+    with pytest.raises(CamdeployError, match="--threads 0"):
+        OnnxRuntimeRunner(path, threads=0)
+    with pytest.raises(CamdeployError, match="--box-threshold 2"):
+        OnnxRuntimeRunner(path, box_threshold=2)
+    with pytest.raises(CamdeployError, match=r"MODEL .*missing\.onnx: no such file"):
+        OnnxRuntimeRunner(path.parent / "missing.onnx")
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                    reason="this machine has CUDA; the GPU test below covers the provider")
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_unavailable_provider_is_an_error_not_a_silent_cpu_fallback(tiny, provider):
+    _, path, _ = tiny
+    with pytest.raises(CamdeployError, match=f"--provider {provider}: ONNX Runtime .* offers only"):
+        OnnxRuntimeRunner(path, provider=provider).open()
+
+
+@pytest.mark.gpu
+def test_cuda_provider_runs_and_matches_cpu(tiny):
+    _, path, _ = tiny
+    x = batch(4)
+    with OnnxRuntimeRunner(path, provider="cuda") as gpu, OnnxRuntimeRunner(path) as cpu:
+        assert gpu.active_providers[0] == "CUDAExecutionProvider"
+        np.testing.assert_allclose(gpu.infer(x).cams, cpu.infer(x).cams, atol=1e-3)
+
+
+def test_torch_runner_refuses_a_model_with_other_classes(tiny):
+    _, _, spec = tiny
+    with pytest.raises(CamdeployError, match="has 7 classes but the exported model has 10"):
+        TorchRunner(seeded(TorchvisionStyle(classes=7)), spec).open()
+
+
+def test_run_files_skips_corrupt_images_and_writes_results(tiny, tmp_path):
+    _, path, spec = tiny
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(40, 60), (50, 50), (30, 90)]):
+        cv2.imwrite(str(images / f"img{i}.png"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    files = sorted(images.iterdir())
+    reports: list[str] = []
+    with OnnxRuntimeRunner(path) as runner:
+        summary = run_files(runner, files, tmp_path / "out", RunOptions(batch_size=2, overlays=True,
+                                                                        progress=False), reports.append)
+    assert [f for f, _ in summary.failures] == [str(images / "broken.png")]
+    assert len(reports) == 1 and "broken.png: not a readable image" in reports[0]
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["file"] for r in records] == [str(images / f"img{i}.png") for i in range(3)]
+    for record, (h, w) in zip(records, [(40, 60), (50, 50), (30, 90)], strict=True):
+        assert set(record) == {"file", "classes", "labels", "scores", "boxes"}
+        assert record["labels"] == [spec.class_names[c] for c in record["classes"]]
+        assert len(record["boxes"]) == 3
+        for x0, y0, x1, y1 in record["boxes"]:
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    assert sorted(p.name for p in summary.overlay_paths) == ["img0_cam.png", "img1_cam.png", "img2_cam.png"]
+    assert cv2.imread(str(summary.overlay_paths[2])).shape == (30, 90, 3)
+    assert not list((tmp_path / "out").glob("*.partial"))
