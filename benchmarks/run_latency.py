@@ -10,7 +10,6 @@ one warm-up pass; the script prints the median and spread of each and the speed-
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import tempfile
@@ -23,6 +22,7 @@ import torch
 import camdeploy
 from camdeploy.demo import cached_export
 from camdeploy.runtime import OnnxRuntimeRunner, RunOptions, TorchRunner, list_images, run_files
+from camdeploy.runtime.onnxruntime_runner import usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def main() -> None:
 
     model = cached_export("efficientnet_lite0")
     paths = list_images([args.images])
-    threads = len(os.sched_getaffinity(0))
+    threads = usable_cpus()
     print(f"camdeploy {camdeploy.__version__}, onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, "
           f"numpy {np.__version__}")
     print(f"machine: {platform.processor() or platform.machine()}, {threads} CPUs, {platform.platform()}")

@@ -18,6 +18,12 @@ PROVIDERS = {
 _OUTPUTS = ["logits", "classes", "scores", "cams"]
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
 class OnnxRuntimeRunner(Runner):
     """Runs an exported camdeploy graph on ONNX Runtime.
 
@@ -58,7 +64,7 @@ class OnnxRuntimeRunner(Runner):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = self.threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = self.threads or usable_cpus()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
