@@ -112,6 +112,73 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 1,8,32") from None
+    return values
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="localization and classification metrics on an annotated dataset",
+        description="Evaluate a model on images with ground-truth classes and boxes: top-1/top-5 "
+        "classification and localization error (ILSVRC rule, IoU >= 0.5), GT-known localization and "
+        "MaxBoxAccV2 (wsolevaluation). With --compare, run several backends on the same images and "
+        "report how much they agree, and the metric deltas against the first (the PyTorch reference "
+        "when it is among them).")
+    p.add_argument("--data", required=True, help="annotations: a folder holding annotations.json, a .json, "
+                   "a .csv (file,class_index,x0,y0,x1,y1 or LOC_val_solution.csv), a folder of VOC .xml files, "
+                   "or a folder with wsolevaluation's image_ids.txt/class_labels.txt/localization.txt")
+    p.add_argument("--images", help="image root, where the annotations' paths are relative to it")
+    p.add_argument("--format", choices=("json", "voc", "loc", "wsol", "csv"), help="annotation format "
+                   "(default: detected)")
+    p.add_argument("--onnx", help="MODEL.onnx to evaluate (default: the cached export of a built-in --model)")
+    p.add_argument("--model", help="the PyTorch model for the torch backend, or a built-in name to export "
+                   f"(default: the model MODEL.onnx came from; {DEFAULT_MODEL} when --onnx is not given)")
+    p.add_argument("--backend", choices=("ort", "torch"), default="ort", help="backend to evaluate (default ort)")
+    p.add_argument("--compare", nargs="+", metavar="BACKEND",
+                   help="two or more of: ort, torch, or another .onnx file (run on ONNX Runtime)")
+    p.add_argument("--box-mode", choices=("paper", "ilsvrc"), default="paper",
+                   help="paper: the largest region above tau (default); ilsvrc: the CAM paper's "
+                   "loose and tight boxes for the top-3 classes")
+    p.add_argument("--box-threshold", type=float, help="tau of the box rule (default: the model's)")
+    p.add_argument("--json", type=Path, help="write the report as JSON here")
+    p.add_argument("--plot", type=Path, help="write a PNG of BoxAcc against CAM threshold here")
+    p.add_argument("--batch-size", type=int, default=16, help="images per inference (default 16)")
+    p.add_argument("--resize", choices=("stretch", "crop"), help="image resize (default: the model's)")
+    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu", help="ONNX Runtime provider")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all CPUs)")
+    p.add_argument("--limit", type=int, help="only the first N images (a quick look; report on all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="latency of each backend against the PyTorch reference",
+        description="Measure latency per backend and batch size, in two scopes: model (a preprocessed "
+        "batch to all outputs including boxes) and end-to-end (image files to results.jsonl). The "
+        "PyTorch reference is always measured in the same run; every row shows its speed-up against "
+        "it. ort-backbone is the graph cut at logits, to show what CAM and boxes cost. torchcam's "
+        "hook-based CAM is a peer row when installed (the 'bench' extra). Needs the 'export' extra.")
+    p.add_argument("models", metavar="MODEL.onnx", nargs="+", help="exported models to run on ONNX Runtime")
+    p.add_argument("--images", nargs="+", help="image files or folders (default: the demo photos)")
+    p.add_argument("--model", help="the PyTorch reference model (default: the model MODEL.onnx came from)")
+    p.add_argument("--batch-sizes", type=_ints, default=(1, 8, 32), help="comma-separated (default 1,8,32)")
+    p.add_argument("--scopes", default="model,end-to-end", help="model, end-to-end or both (default both)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per row, model scope (default 20)")
+    p.add_argument("--e2e-images", type=int, default=32, help="images per end-to-end run (default 32)")
+    p.add_argument("--e2e-repeats", type=int, default=5, help="end-to-end runs per row (default 5)")
+    p.add_argument("--threads", type=int, help="threads for every backend (default: all CPUs)")
+    p.add_argument("--no-torchcam", action="store_true", help="leave out the torchcam peer row")
+    p.add_argument("--json", type=Path, help="write the report as JSON here")
+    p.add_argument("--plot", type=Path, help="write a PNG of latency bars here")
+    p.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camdeploy",
@@ -119,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the exported graph.")
     parser.add_argument("--version", action="version", version=f"camdeploy {camdeploy.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_export, _add_run, _add_info, _add_demo):
+    for add in (_add_export, _add_run, _add_info, _add_demo, _add_eval, _add_bench):
         add(sub)
     return parser
 
@@ -258,6 +325,118 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{Path(record['file']).name:<22} {record['labels'][0]:<24} "
               f"{record['scores'][0]:>6.3f}  [{box}]")
     print(f"model {model}\noverlays and results.jsonl in {args.out}/")
+    return 0
+
+
+def _versions() -> dict[str, str]:
+    import cv2
+    import numpy as np
+    import onnxruntime
+
+    versions = {"camdeploy": camdeploy.__version__, "onnxruntime": onnxruntime.__version__,
+                "numpy": np.__version__, "opencv": cv2.__version__}
+    if "torch" in sys.modules:
+        versions["torch"] = sys.modules["torch"].__version__
+    return versions
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from camdeploy.eval.datasets import open_dataset
+    from camdeploy.eval.evaluate import EvalOptions, evaluate
+    from camdeploy.eval.report import format_table, plot, write_json
+    from camdeploy.metadata import read_spec
+    from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner, graph_precision
+    from camdeploy.runtime.runner import Runner
+
+    onnx_path = args.onnx
+    if onnx_path is None:
+        from camdeploy.demo import cached_export
+        from camdeploy.models.efficientnet_lite import VARIANTS
+
+        name = args.model or DEFAULT_MODEL
+        if name not in VARIANTS:
+            raise CamdeployError(f"--model {name}: without --onnx, only a built-in model can be exported on the fly "
+                                 f"({', '.join(VARIANTS)}); export yours with `camdeploy export` and pass --onnx")
+        onnx_path = str(cached_export(name))
+    spec = read_spec(onnx_path)
+    wanted = args.compare or [args.backend]
+    if args.compare and len(args.compare) < 2:
+        raise CamdeployError(f"--compare {' '.join(args.compare)}: expected two or more backends")
+    wanted = sorted(wanted, key=lambda b: b != "torch")  # the reference, when present, is the baseline
+    runners: dict[str, Runner] = {}
+    config: dict[str, dict[str, object]] = {}
+    common = {"box_mode": args.box_mode, "input_size": [spec.input_height, spec.input_width]}
+    for backend in wanted:
+        if backend == "torch":
+            from camdeploy.runtime.torch_runner import TorchRunner
+
+            model = args.model or spec.source_model
+            runners["torch"] = TorchRunner(model, spec, args.box_threshold)
+            config["torch"] = {"model": model, "backend": "torch", "provider": "cpu", "precision": "fp32"}
+        elif backend == "ort" or backend.endswith(".onnx"):
+            path = onnx_path if backend == "ort" else backend
+            name = "ort" if backend == "ort" else Path(backend).name
+            runners[name] = OnnxRuntimeRunner(path, args.provider, args.threads, args.box_threshold)
+            config[name] = {"model": str(path), "backend": "ort", "provider": args.provider,
+                            "precision": graph_precision(str(path))}
+        else:
+            raise CamdeployError(f"--compare {backend}: expected ort, torch or a path ending in .onnx")
+    dataset = open_dataset(args.data, args.images, args.format)
+    options = EvalOptions(batch_size=args.batch_size, box_mode=args.box_mode, resize=args.resize,
+                          limit=args.limit, progress=not args.no_progress)
+    opened: list[Runner] = []
+    try:
+        for runner in runners.values():
+            runner.open()
+            opened.append(runner)
+        report = evaluate(runners, dataset, options)
+    finally:
+        for runner in opened:
+            runner.close()
+    for name, runner in runners.items():
+        config[name].update(common, box_threshold=runner.box_threshold, versions=_versions())
+    print(format_table(report))
+    if args.json:
+        write_json(report, config, args.json)
+        print(f"JSON in {args.json}")
+    if args.plot:
+        print(f"plot in {args.plot}" if plot(report, args.plot) else "no plot: matplotlib is not installed "
+              "(the 'bench' extra)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from camdeploy.bench.bench import SCOPES, BenchOptions, format_table, plot, run_bench
+    from camdeploy.metadata import read_spec
+    from camdeploy.runtime.images import list_images
+
+    scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip())
+    for scope in scopes:
+        if scope not in SCOPES:
+            raise CamdeployError(f"--scopes {args.scopes}: expected model, end-to-end or both")
+    if args.images:
+        images = list_images(args.images)
+    else:
+        from camdeploy.demo import demo_photos
+
+        images = demo_photos()
+    spec = read_spec(args.models[0])
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise CamdeployError("bench always measures the PyTorch reference: install the 'export' extra") from exc
+    options = BenchOptions(batch_sizes=args.batch_sizes, scopes=scopes, warmup=args.warmup, repeats=args.repeats,
+                           e2e_images=args.e2e_images, e2e_repeats=args.e2e_repeats, threads=args.threads,
+                           torchcam=not args.no_torchcam)
+    report = run_bench([Path(m) for m in args.models], args.model or spec.source_model, images, options)
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.as_dict(), indent=2))
+        print(f"JSON in {args.json}")
+    if args.plot:
+        print(f"plot in {args.plot}" if plot(report, args.plot) else "no plot: matplotlib is not installed "
+              "(the 'bench' extra)")
     return 0
 
 

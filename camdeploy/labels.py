@@ -8,17 +8,22 @@ from pathlib import Path
 from camdeploy.errors import CamdeployError
 
 
+def _synsets() -> list[tuple[str, str]]:
+    text = resources.files("camdeploy.data").joinpath("imagenet_synsets.txt").read_text("utf-8")
+    return [(line.partition(" ")[0], line.partition(" ")[2]) for line in text.splitlines()]
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids (``n01440764`` ...) in class-index order."""
+    return [wnid for wnid, _ in _synsets()]
+
+
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names in the standard sorted-wnid order (torchvision, timm, Caffe).
 
     Each name is the first synonym of the class's WordNet entry, e.g. ``"tench"`` for n01440764.
     """
-    text = resources.files("camdeploy.data").joinpath("imagenet_synsets.txt").read_text("utf-8")
-    names = []
-    for line in text.splitlines():
-        _wnid, _, words = line.partition(" ")
-        names.append(words.split(",")[0].strip())
-    return names
+    return [words.split(",")[0].strip() for _, words in _synsets()]
 
 
 def read_labels(path: str | Path) -> list[str]:

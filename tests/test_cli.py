@@ -12,12 +12,14 @@ import pytest
 
 from camdeploy.cli import build_parser, main
 
-SUBCOMMANDS = ["export", "run", "info", "demo"]
+SUBCOMMANDS = ["export", "run", "info", "demo", "eval", "bench"]
 RUNTIME_MODULES = [
     "camdeploy", "camdeploy.cli", "camdeploy.errors", "camdeploy.metadata", "camdeploy.labels",
     "camdeploy.cache", "camdeploy.demo", "camdeploy.runtime.images", "camdeploy.runtime.boxes",
     "camdeploy.runtime.result", "camdeploy.runtime.runner", "camdeploy.runtime.onnxruntime_runner",
     "camdeploy.runtime.torch_runner", "camdeploy.runtime.pipeline", "camdeploy.runtime.overlay",
+    "camdeploy.runtime.cams", "camdeploy.eval.datasets", "camdeploy.eval.metrics", "camdeploy.eval.box_modes",
+    "camdeploy.eval.evaluate", "camdeploy.eval.report", "camdeploy.bench.timing", "camdeploy.bench.bench",
 ]
 
 

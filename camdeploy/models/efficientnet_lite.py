@@ -139,6 +139,7 @@ class EfficientNetLite(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = _SameConv2d(cout, 1280, 1, 1, size)
         self._bn1 = nn.BatchNorm2d(1280, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self._head_act = nn.ReLU6()  # a module, so that hook-based CAM tools can target it
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
         self._dropout = nn.Dropout(0.2)
         self._fc = nn.Linear(1280, num_classes)
@@ -147,7 +148,7 @@ class EfficientNetLite(nn.Module):
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))  # [N, 1280, h, w]
+        return self._head_act(self._bn1(self._conv_head(x)))  # [N, 1280, h, w]
 
     def get_classifier(self) -> nn.Linear:
         return self._fc

@@ -100,6 +100,13 @@ class Frame:
         np.clip(out[..., 1::2], 0, self.height, out=out[..., 1::2])
         return out
 
+    def to_tensor(self, boxes: np.ndarray) -> np.ndarray:
+        """The inverse map: ``[..., 4]`` boxes from original-image pixels to tensor pixels."""
+        out = np.array(boxes, dtype=np.float64, copy=True)
+        out[..., 0::2] = (out[..., 0::2] - self.offset_x) / self.scale_x
+        out[..., 1::2] = (out[..., 1::2] - self.offset_y) / self.scale_y
+        return out
+
 
 def resize_for_model(image: np.ndarray, height: int, width: int, mode: str = "stretch"
                      ) -> tuple[np.ndarray, Frame]:

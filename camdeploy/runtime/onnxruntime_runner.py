@@ -24,6 +24,35 @@ def usable_cpus() -> int:
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
+def read_class_weight(path: str, num_classes: int) -> np.ndarray:
+    """The linear head's weight ``[K, C]`` from an exported file: the data input of the Gather
+    that selects the top classes' rows in the CAM head."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    initializers = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and node.input[0] in initializers:
+            tensor = initializers[node.input[0]]
+            if len(tensor.dims) == 2 and tensor.dims[0] == num_classes:
+                return numpy_helper.to_array(tensor).astype(np.float32)
+    raise CamdeployError(f"MODEL {path}: no [{num_classes}, C] class weight feeds a Gather; "
+                         "re-export it with `camdeploy export`")
+
+
+def graph_precision(path: str) -> str:
+    """``int8`` for a Q/DQ graph, ``fp16`` when its weights are float16, else ``fp32``."""
+    import onnx
+
+    model = onnx.load(path)
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
 class OnnxRuntimeRunner(Runner):
     """Runs an exported camdeploy graph on ONNX Runtime.
 
@@ -50,6 +79,7 @@ class OnnxRuntimeRunner(Runner):
         self.provider = provider
         self.threads = threads
         self._session = None
+        self._weight: np.ndarray | None = None
 
     def open(self) -> None:
         import onnxruntime as ort
@@ -88,7 +118,18 @@ class OnnxRuntimeRunner(Runner):
     def active_providers(self) -> list[str]:
         return list(self._session.get_providers()) if self._session else []
 
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        assert self._session is not None  # guarded by infer()
-        logits, classes, scores, cams = self._session.run(_OUTPUTS, {"images": images})
-        return logits, classes, scores, cams
+    def run_outputs(self, names: list[str], images: np.ndarray) -> list[np.ndarray]:
+        """The named graph outputs for a preprocessed batch, with no post-processing."""
+        if self._session is None:
+            raise CamdeployError("ort runner: call open() or use `with runner:` first")
+        return list(self._session.run(names, {"images": images}))
+
+    def _run(self, images: np.ndarray, features: bool) -> dict[str, np.ndarray]:
+        names = [*_OUTPUTS, "features"] if features else _OUTPUTS
+        return dict(zip(names, self.run_outputs(names, images), strict=True))
+
+    def class_weight(self) -> np.ndarray:
+        """``W [K, C]``: the initializer the CAM head gathers class rows from."""
+        if self._weight is None:
+            self._weight = read_class_weight(self.path, len(self.spec.class_names))
+        return self._weight

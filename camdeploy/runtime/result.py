@@ -19,6 +19,7 @@ class CamResult:
         boxes: ``float32 [N, T, 4]``, ``x0, y0, x1, y1`` pixel-edge coordinates of each class's
             box: in input-tensor pixels from :meth:`Runner.infer`, in original-image pixels from
             :meth:`Runner.infer_images`.
+        features: ``float32 [N, C, h, w]``, the last feature map, when asked for.
     """
 
     logits: np.ndarray
@@ -26,6 +27,7 @@ class CamResult:
     scores: np.ndarray
     cams: np.ndarray
     boxes: np.ndarray
+    features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.classes.shape[0])

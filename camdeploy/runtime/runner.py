@@ -18,9 +18,9 @@ from camdeploy.runtime.result import CamResult
 class Runner(ABC):
     """Base class of all backends.
 
-    Subclasses implement :meth:`open`, :meth:`close` and :meth:`_run`, which maps a preprocessed
-    batch to ``logits, classes, scores, cams``; boxes are computed here, once for every backend,
-    by :func:`camdeploy.runtime.boxes.cam_boxes`.
+    Subclasses implement :meth:`open`, :meth:`close`, :meth:`class_weight` and :meth:`_run`, which
+    maps a preprocessed batch to ``logits, classes, scores, cams`` (and ``features`` when asked);
+    boxes are computed here, once for every backend, by :func:`camdeploy.runtime.boxes.cam_boxes`.
     """
 
     name = "runner"
@@ -41,11 +41,18 @@ class Runner(ABC):
         """Release the model."""
 
     @abstractmethod
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``images float32 [N, 3, S_h, S_w]`` -> ``logits, classes, scores, cams``."""
+    def _run(self, images: np.ndarray, features: bool) -> dict[str, np.ndarray]:
+        """``images float32 [N, 3, S_h, S_w]`` -> ``logits, classes, scores, cams`` (+ ``features``)."""
 
-    def infer(self, images: np.ndarray) -> CamResult:
-        """Run a preprocessed batch; boxes are in input-tensor pixels."""
+    @abstractmethod
+    def class_weight(self) -> np.ndarray:
+        """The linear head's weight ``W float32 [K, C]``, for CAMs of classes outside the top T."""
+
+    def infer(self, images: np.ndarray, features: bool = False) -> CamResult:
+        """Run a preprocessed batch; boxes are in input-tensor pixels.
+
+        With ``features``, the result also carries the feature map ``[N, C, h, w]``.
+        """
         if not self.is_open:
             raise CamdeployError(f"{self.name} runner: call open() or use `with runner:` before infer()")
         expected = (3, self.spec.input_height, self.spec.input_width)
@@ -55,15 +62,15 @@ class Runner(ABC):
                 " with N >= 1, as prepared by camdeploy.runtime.images.prepare"
             )
         images = np.ascontiguousarray(images, dtype=np.float32)
-        logits, classes, scores, cams = self._run(images)
-        return CamResult(logits, classes.astype(np.int64), scores, cams,
-                         cam_boxes(cams, self.box_threshold))
+        out = self._run(images, features)
+        return CamResult(out["logits"], out["classes"].astype(np.int64), out["scores"], out["cams"],
+                         cam_boxes(out["cams"], self.box_threshold), out.get("features"))
 
-    def infer_images(self, images: np.ndarray, frames: Sequence[Frame]) -> CamResult:
+    def infer_images(self, images: np.ndarray, frames: Sequence[Frame], features: bool = False) -> CamResult:
         """Run a preprocessed batch; boxes are mapped to original-image pixels through ``frames``."""
         if len(frames) != len(images):
             raise CamdeployError(f"frames: {len(frames)} frames for {len(images)} images; expected one each")
-        result = self.infer(images)
+        result = self.infer(images, features)
         result.boxes = np.stack([frame.to_original(b) for frame, b in zip(frames, result.boxes, strict=True)])
         return result
 

@@ -68,10 +68,19 @@ class TorchRunner(Runner):
         self._cam_model = None
         self.is_open = False
 
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _run(self, images: np.ndarray, features: bool) -> dict[str, np.ndarray]:
         import torch
+
+        from camdeploy.export.cam_head import OUTPUT_NAMES
 
         assert self._cam_model is not None  # guarded by infer()
         with torch.inference_mode():
-            logits, _features, classes, scores, cams = self._cam_model(torch.from_numpy(images))
-        return logits.numpy(), classes.numpy(), scores.numpy(), cams.numpy()
+            outputs = dict(zip(OUTPUT_NAMES, self._cam_model(torch.from_numpy(images)), strict=True))
+        if not features:
+            del outputs["features"]
+        return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+    def class_weight(self) -> np.ndarray:
+        if self._cam_model is None:
+            raise CamdeployError("torch runner: call open() or use `with runner:` first")
+        return self._cam_model.linear.weight.detach().numpy().astype(np.float32)

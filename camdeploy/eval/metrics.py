@@ -1,0 +1,116 @@
+"""Localization and classification metrics, as pure functions on arrays.
+
+Box convention: ``x0, y0, x1, y1`` with **inclusive** corners, and IoU adds 1 to widths and
+heights (ILSVRC and wsolevaluation). camdeploy's own boxes are pixel-edge boxes (``x1`` one past
+the last column); :func:`edge_to_inclusive` converts them.
+
+* classification error (top-1, top-5): the ground-truth class is not the first / not among the
+  first five predictions;
+* localization error (top-1, top-5), the ILSVRC rule: a guess is right when its class is the
+  ground-truth class and its box has IoU >= 0.5 with any ground-truth box; top-1 looks at the
+  first guess, top-5 at the first five;
+* GT-known localization: the box from the CAM of the ground-truth class has IoU >= 0.5 with a
+  ground-truth box (classification is not judged);
+* MaxBoxAccV2 (Choe et al., CVPR 2020, "Evaluating Weakly Supervised Object Localization
+  Methods Right"): the ground-truth class's CAM, quantised to 8 bits, is thresholded at every
+  ``tau`` in 0.00, 0.01, ..., 0.99 (pixels strictly above ``int(tau * max)``); every contour of
+  the mask gives a box ``(x, y, x + w, y + h)`` (no contour: ``(0, 0, 0, 0)``); an image counts
+  at ``(tau, delta)`` when the best IoU between those boxes and the ground-truth boxes is at least
+  ``delta``. MaxBoxAcc(delta) is the best accuracy over ``tau``, and MaxBoxAccV2 the mean over
+  ``delta`` in {0.3, 0.5, 0.7}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+IOU_THRESHOLD = 0.5
+CAM_THRESHOLDS = np.arange(100) / 100.0
+MAXBOXACC_IOUS = (0.3, 0.5, 0.7)
+
+
+def edge_to_inclusive(boxes: np.ndarray) -> np.ndarray:
+    """Pixel-edge boxes (``x1`` exclusive) -> inclusive-corner boxes."""
+    out = np.array(boxes, dtype=np.float64, copy=True)
+    out[..., 2:] -= 1.0
+    return out
+
+
+def iou_matrix(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``boxes [P, 4]`` with every box in ``truth [G, 4]`` -> ``[P, G]``.
+
+    Inclusive corners: the area of ``(x0, y0, x1, y1)`` is ``(x1 - x0 + 1) * (y1 - y0 + 1)``.
+    """
+    a = np.asarray(boxes, dtype=np.float64).reshape(-1, 1, 4)
+    b = np.asarray(truth, dtype=np.float64).reshape(1, -1, 4)
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1, 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1, 0, None)
+    inter = w * h
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    return inter / (area_a + area_b - inter)
+
+
+def best_iou(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """For each box in ``boxes [P, 4]``, its best IoU with any ground-truth box -> ``[P]``."""
+    return iou_matrix(boxes, truth).max(axis=1)
+
+
+def classification_errors(classes: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Top-1 and top-5 classification error from ``classes [N, T >= 5]`` and ``labels [N]``."""
+    hits = classes == labels[:, None]
+    return 1.0 - float(hits[:, 0].mean()), 1.0 - float(hits[:, :5].any(axis=1).mean())
+
+
+def localization_hits(guess_classes: np.ndarray, guess_boxes: np.ndarray, label: int, truth: np.ndarray,
+                      threshold: float = IOU_THRESHOLD) -> np.ndarray:
+    """ILSVRC rule for one image: which of ``G`` guesses (``classes [G]``, inclusive ``boxes [G, 4]``)
+    name the right class with a box of IoU >= ``threshold`` to a ground-truth box -> ``bool [G]``."""
+    return (guess_classes == label) & (best_iou(guess_boxes, truth) >= threshold)
+
+
+def localization_errors(hits: np.ndarray) -> tuple[float, float]:
+    """Top-1 and top-5 localization error from per-image guess hits ``bool [N, G >= 5]``."""
+    return 1.0 - float(hits[:, 0].mean()), 1.0 - float(hits[:, :5].any(axis=1).mean())
+
+
+def contour_boxes(cam: np.ndarray, threshold: float) -> np.ndarray:
+    """wsolevaluation's boxes at one CAM threshold: ``[B, 4]`` as ``(x, y, x + w, y + h)``."""
+    quantised = (cam * 255).astype(np.uint8)
+    _, mask = cv2.threshold(quantised, int(threshold * quantised.max()), 255, cv2.THRESH_BINARY)
+    contours, _ = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return np.zeros((1, 4))
+    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.float64)  # x, y, w, h
+    rects[:, 2:] += rects[:, :2]
+    return rects
+
+
+@dataclass
+class MaxBoxAcc:
+    """Accumulates BoxAcc over CAM thresholds and IoU thresholds, one image at a time."""
+
+    cam_thresholds: np.ndarray = field(default_factory=lambda: CAM_THRESHOLDS.copy())
+    iou_thresholds: tuple[float, ...] = MAXBOXACC_IOUS
+    hits: np.ndarray = field(init=False)
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.hits = np.zeros((len(self.iou_thresholds), len(self.cam_thresholds)), dtype=np.int64)
+
+    def add(self, cam: np.ndarray, truth: np.ndarray) -> None:
+        """One image: its min-max normalised CAM ``[H, W]`` and ground truth ``[M, 4]`` in that frame."""
+        best = np.array([best_iou(contour_boxes(cam, t), truth).max() for t in self.cam_thresholds])
+        self.hits += best[None, :] >= np.asarray(self.iou_thresholds)[:, None]
+        self.count += 1
+
+    def accuracy(self) -> np.ndarray:
+        """BoxAcc ``[len(iou_thresholds), len(cam_thresholds)]``."""
+        return self.hits / max(self.count, 1)
+
+    def value(self) -> float:
+        """MaxBoxAccV2: the mean over IoU thresholds of the best BoxAcc over CAM thresholds."""
+        return float(self.accuracy().max(axis=1).mean())

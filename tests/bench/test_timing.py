@@ -1,0 +1,45 @@
+"""The timing logic of `bench`, with a fake clock: no dependence on machine speed."""
+
+import pytest
+
+from camdeploy.bench.timing import LatencyStats, time_calls
+
+
+class FakeClock:
+    """Advances by the next scripted duration every time the timed function runs."""
+
+    def __init__(self, durations):
+        self.now = 0.0
+        self.durations = list(durations)
+        self.calls = 0
+
+    def __call__(self):
+        return self.now
+
+    def work(self):
+        self.calls += 1
+        self.now += self.durations.pop(0)
+
+
+def test_warmup_is_not_timed_and_repeats_are():
+    clock = FakeClock([100.0, 100.0, 0.010, 0.020, 0.030])
+    samples = time_calls(clock.work, warmup=2, repeats=3, clock=clock)
+    assert clock.calls == 5
+    assert samples == pytest.approx([0.010, 0.020, 0.030])
+
+
+def test_statistics():
+    samples = [0.001 * v for v in range(1, 101)]  # 1 .. 100 ms
+    stats = LatencyStats.from_samples(samples, batch=4)
+    assert stats.median_ms == pytest.approx(50.5)
+    assert stats.p90_ms == pytest.approx(90.1)
+    assert stats.p99_ms == pytest.approx(99.01)
+    assert (stats.min_ms, stats.max_ms) == (pytest.approx(1.0), pytest.approx(100.0))
+    assert stats.ms_per_image == pytest.approx(50.5 / 4)
+    assert stats.images_per_second == pytest.approx(4000 / 50.5)
+    assert stats.as_dict()["repeats"] == 100
+
+
+def test_bad_repeats_are_refused():
+    with pytest.raises(ValueError, match="repeats 0 must be >= 1"):
+        time_calls(lambda: None, warmup=0, repeats=0)
