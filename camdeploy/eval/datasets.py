@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,11 +65,13 @@ def _malformed(path: Path, line: int | None, what: str) -> CamdeployError:
     return CamdeployError(f"--data {where}: {what}")
 
 
-def _box(values: Iterable[str | float | int], path: Path, line: int | None) -> list[float]:
+def _box(values: object, path: Path, line: int | None) -> list[float]:
+    if not isinstance(values, (list, tuple)):
+        raise _malformed(path, line, f"box {values!r} is not a list of four numbers x0,y0,x1,y1")
     try:
         box = [float(v) for v in values]
     except (TypeError, ValueError):
-        raise _malformed(path, line, f"box {list(values)} is not four numbers x0,y0,x1,y1") from None
+        raise _malformed(path, line, f"box {list(values)!r} is not four numbers x0,y0,x1,y1") from None
     if len(box) != 4:
         raise _malformed(path, line, f"box has {len(box)} numbers; expected x0,y0,x1,y1")
     if box[2] < box[0] or box[3] < box[1]:
@@ -112,7 +113,7 @@ def _collect(entries: dict[Path, tuple[int, list[list[float]]]], source: Path, f
 
 def read_json(path: Path) -> Dataset:
     try:
-        document = json.loads(path.read_text("utf-8"))
+        document = json.loads(path.read_text("utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise _malformed(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
     records = document.get("images") if isinstance(document, dict) else None
@@ -125,6 +126,10 @@ def read_json(path: Path) -> Dataset:
             file, label, boxes = record["file"], int(record["class_index"]), record["boxes"]
         except (KeyError, TypeError, ValueError):
             raise _malformed(path, None, f"{where} needs 'file', an integer 'class_index' and 'boxes'") from None
+        if label < 0:
+            raise _malformed(path, None, f"{where}: class index {label} is negative")
+        if not isinstance(boxes, list):
+            raise _malformed(path, None, f"{where}: 'boxes' is {boxes!r}; expected a list of [x0, y0, x1, y1]")
         try:
             parsed = [_box(b, path, None) for b in boxes]
         except CamdeployError as exc:
@@ -135,7 +140,7 @@ def read_json(path: Path) -> Dataset:
 
 def _text_lines(path: Path) -> list[tuple[int, str]]:
     try:
-        text = path.read_text("utf-8")
+        text = path.read_text("utf-8-sig")  # a spreadsheet's byte-order mark is not part of the header
     except OSError as exc:
         raise CamdeployError(f"--data {path}: cannot read ({exc.strerror})") from exc
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -155,6 +160,8 @@ def read_csv(path: Path, images: Path | None = None) -> Dataset:
             raise _malformed(path, 1, f"header lacks {', '.join(missing)}; expected {','.join(columns)}")
         picks = [header.index(c) for c in columns]
         body = list(zip(numbers[1:], rows[1:], strict=True))
+        if not body:
+            raise _malformed(path, None, "the header is followed by no rows")
     else:
         picks = list(range(6))
         body = list(zip(numbers, rows, strict=True))
@@ -163,7 +170,7 @@ def read_csv(path: Path, images: Path | None = None) -> Dataset:
         if len(row) <= max(picks):
             raise _malformed(path, number, f"{len(row)} fields; expected {','.join(columns)}")
         file, label = row[picks[0]].strip(), _class_index(row[picks[1]].strip(), path, number)
-        box = _box((row[i] for i in picks[2:]), path, number)
+        box = _box([row[i] for i in picks[2:]], path, number)
         key = root / file
         if key in entries and entries[key][0] != label:
             raise _malformed(path, number, f"{file} has class {label} here but {entries[key][0]} earlier")
@@ -263,7 +270,7 @@ def detect_format(path: Path) -> str:
     if path.suffix == ".json":
         return "json"
     if path.suffix == ".csv":
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             return "loc" if handle.readline().startswith("ImageId") else "csv"
     raise CamdeployError(f"--data {path}: cannot tell the format; expected one of {', '.join(FORMATS)} (--format)")
 

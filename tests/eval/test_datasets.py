@@ -105,8 +105,6 @@ def test_json_malformed_records_name_the_file_and_record(tmp_path: Path, documen
         open_dataset(path)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a 'boxes' value or a box that is not a list (a number, null) "
-                   "escapes read_json as a bare TypeError instead of a CamdeployError naming the record")
 @pytest.mark.parametrize("boxes", [[5], 5, None], ids=["box-number", "boxes-number", "boxes-null"])
 def test_json_boxes_that_are_not_lists_raise_camdeploy_error(tmp_path: Path, boxes: object) -> None:
     image(tmp_path / "a.png")
@@ -116,8 +114,6 @@ def test_json_boxes_that_are_not_lists_raise_camdeploy_error(tmp_path: Path, box
         open_dataset(path)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: read_json accepts a negative class_index (read_csv and the "
-                   "wnid/index parser refuse it), so the sample gets class -1")
 def test_json_negative_class_index_is_refused(tmp_path: Path) -> None:
     image(tmp_path / "a.png")
     path = write(tmp_path / "annotations.json",
@@ -206,8 +202,6 @@ def test_csv_empty_file_is_refused(tmp_path: Path) -> None:
         open_dataset(path)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _box formats the message with list(values) after the generator "
-                   "of a CSV row was consumed, so the offending value is missing ('box ['2', '3', '4']')")
 def test_csv_bad_coordinate_message_shows_the_value(tmp_path: Path) -> None:
     image(tmp_path / "a.png")
     path = write(tmp_path / "boxes.csv", "a.png,1,abc,2,3,4\n")
@@ -215,16 +209,12 @@ def test_csv_bad_coordinate_message_shows_the_value(tmp_path: Path) -> None:
         open_dataset(path)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a UTF-8 BOM (Excel's 'CSV UTF-8') hides the header, which is "
-                   "then read as a data row: \"line 1: class 'class_index' is neither ...\"")
 def test_csv_header_after_utf8_bom(tmp_path: Path) -> None:
     image(tmp_path / "a.png")
     path = write(tmp_path / "boxes.csv", "\ufeff" + HEADER + "a.png,1,0,0,2,2\n")
     assert [s.class_index for s in open_dataset(path).samples] == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a CSV with a header and no rows says 'none of the 0 annotated "
-                   "images exists (first: []); check --images' instead of saying it has no rows")
 def test_csv_header_only_says_no_rows(tmp_path: Path) -> None:
     path = write(tmp_path / "boxes.csv", HEADER)
     with pytest.raises(CamdeployError) as info:
