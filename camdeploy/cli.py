@@ -14,6 +14,7 @@ import camdeploy
 from camdeploy.errors import CamdeployError
 
 DEFAULT_MODEL = "efficientnet_lite0"
+MAX_BATCH = 512
 
 
 def _triple(text: str) -> tuple[float, float, float]:
@@ -37,7 +38,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    "or module:callable returning an nn.Module, importable from the working "
                    f"directory (default: {DEFAULT_MODEL})")
     p.add_argument("--output", required=True, type=Path, help="where to write the .onnx file")
-    p.add_argument("--topk", type=int, default=5, help="T: classes whose CAMs the graph returns (default 5)")
+    p.add_argument("--topk", type=int, help="T: classes whose CAMs the graph returns (default 5, or K if the "
+                   "model has fewer classes)")
     p.add_argument("--input-size", type=int, help="input side S in pixels (default: the built-in "
                    "model's native size, 224 for user models)")
     norm = p.add_mutually_exclusive_group()
@@ -82,8 +84,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--linear-module", help="with --backend torch: contract override")
     p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
                    help="ONNX Runtime execution provider (default cpu); an unavailable one is an error")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all CPUs)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per inference (default 8)")
+    p.add_argument("--threads", type=int, help="intra-op threads of either backend (default: the CPUs this "
+                   "process may use)")
+    p.add_argument("--batch-size", type=int, default=8, help=f"images per inference (default 8, at most "
+                   f"{MAX_BATCH}; about 2 MB of memory per image and class of T)")
     p.add_argument("--resize", choices=("stretch", "crop"),
                    help="image resize (default: the mode stored in MODEL.onnx)")
     p.add_argument("--box-threshold", type=float, help="override the model's tau")
@@ -148,8 +152,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, help="write a PNG of BoxAcc against CAM threshold here")
     p.add_argument("--batch-size", type=int, default=16, help="images per inference (default 16)")
     p.add_argument("--resize", choices=("stretch", "crop"), help="image resize (default: the model's)")
-    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu", help="ONNX Runtime provider")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all CPUs)")
+    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
+                   help="provider of the ONNX Runtime backends (default cpu)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the CPUs this process may use)")
     p.add_argument("--limit", type=int, help="only the first N images (a quick look; report on all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
@@ -172,7 +177,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed calls per row, model scope (default 20)")
     p.add_argument("--e2e-images", type=int, default=32, help="images per end-to-end run (default 32)")
     p.add_argument("--e2e-repeats", type=int, default=5, help="end-to-end runs per row (default 5)")
-    p.add_argument("--threads", type=int, help="threads for every backend (default: all CPUs)")
+    p.add_argument("--threads", type=int, help="threads for every backend (default: the CPUs this process may use)")
     p.add_argument("--no-torchcam", action="store_true", help="leave out the torchcam peer row")
     p.add_argument("--json", type=Path, help="write the report as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of latency bars here")
@@ -194,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _normalization(args: argparse.Namespace):  # -> Normalization | None
     from camdeploy.metadata import Normalization
 
+    if (args.mean or args.std) and (args.scale or args.offset):
+        raise CamdeployError("--mean/--std and --scale/--offset are two ways to give the normalisation; "
+                             "give one pair")
     if args.mean or args.std:
         if not (args.mean and args.std):
             raise CamdeployError("--mean and --std go together; give both (e.g. ImageNet's "
@@ -244,11 +252,14 @@ def _open_runner(args: argparse.Namespace):  # -> Runner
     if args.backend == "torch":
         from camdeploy.runtime.torch_runner import TorchRunner
 
+        if args.provider != "cpu":
+            raise CamdeployError(f"--provider {args.provider} selects an ONNX Runtime provider; the torch "
+                                 "reference runs on the CPU (use --backend ort)")
         return TorchRunner(args.torch_model or spec.source_model, spec, args.box_threshold,
-                           args.feature_module, args.linear_module)
-    if args.torch_model:
-        raise CamdeployError("--model names the PyTorch model for --backend torch; "
-                             "with --backend ort the graph in MODEL.onnx is run")
+                           args.feature_module, args.linear_module, args.threads)
+    if args.torch_model or args.feature_module or args.linear_module:
+        raise CamdeployError("--model, --feature-module and --linear-module describe the PyTorch model for "
+                             "--backend torch; with --backend ort the graph in MODEL.onnx is run")
     from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(args.model, args.provider, args.threads, args.box_threshold, spec)
@@ -258,27 +269,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     from camdeploy.runtime.images import list_images
     from camdeploy.runtime.pipeline import RunOptions, run_files
 
-    paths = list_images(args.inputs)
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        raise CamdeployError(f"--batch-size {args.batch_size}: expected 1 to {MAX_BATCH}")
+    out = args.out.resolve()
+    paths = [p for p in list_images(args.inputs) if out not in p.resolve().parents]  # not our own overlays
+    if not paths:
+        raise CamdeployError(f"INPUT {' '.join(args.inputs)}: no images outside --out {args.out}")
     runner = _open_runner(args)
     options = RunOptions(batch_size=args.batch_size, resize=args.resize, overlays=args.overlays,
                          progress=not args.no_progress)
     with runner:
         summary = run_files(runner, paths, args.out, options)
     done = len(summary.records)
-    print(f"{done} images in {summary.seconds:.2f} s ({1000 * summary.seconds / max(done, 1):.1f} "
-          f"ms/image, backend {args.backend}); results in {summary.results_path}")
+    if done:
+        print(f"{done} images in {summary.seconds:.2f} s ({1000 * summary.seconds / done:.1f} ms/image, "
+              f"backend {args.backend}); results in {summary.results_path}")
     if summary.failures:
         print(f"{len(summary.failures)} files skipped (see the warnings above)")
+    if not done:
+        print(f"camdeploy run: error: none of the {len(paths)} images could be read", file=sys.stderr)
     return 0 if done else 1
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     import onnx
 
-    from camdeploy.metadata import PREFIX, read_spec
+    from camdeploy.metadata import PREFIX, ModelSpec
 
-    spec = read_spec(args.model)
-    model = onnx.load(args.model, load_external_data=False)
+    try:
+        model = onnx.load(args.model, load_external_data=False)
+    except FileNotFoundError:
+        raise CamdeployError(f"MODEL {args.model}: no such file") from None
+    except Exception as exc:
+        raise CamdeployError(f"MODEL {args.model}: not a readable ONNX file ({exc})") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        spec: ModelSpec | None = ModelSpec.from_props(props, source=args.model)
+    except CamdeployError:
+        spec = None
 
     def describe(values) -> list[dict]:
         out = []
@@ -295,15 +323,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{args.model}: {spec.source_model}, camdeploy {spec.camdeploy_version}, opset "
-          f"{max(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))}")
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default="?")
+    origin = (f"{spec.source_model}, camdeploy {spec.camdeploy_version}" if spec else
+              "no camdeploy metadata (not written by `camdeploy export`)")
+    print(f"{args.model}: {origin}, opset {opset}")
     for kind in ("inputs", "outputs"):
         print(f"{kind}:")
         for v in info[kind]:
             print(f"  {v['name']:<10} {v['type']:<8} [{', '.join(map(str, v['shape']))}]")
     print("metadata:")
     for key, value in info["metadata"].items():
-        if key == PREFIX + "class_names":
+        if key == PREFIX + "class_names" and spec:
             names = spec.class_names
             value = f"{len(names)} names: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
         print(f"  {key}: {value}")
@@ -371,7 +401,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             from camdeploy.runtime.torch_runner import TorchRunner
 
             model = args.model or spec.source_model
-            runners["torch"] = TorchRunner(model, spec, args.box_threshold)
+            runners["torch"] = TorchRunner(model, spec, args.box_threshold, threads=args.threads)
             config["torch"] = {"model": model, "backend": "torch", "provider": "cpu", "precision": "fp32"}
         elif backend == "ort" or backend.endswith(".onnx"):
             path = onnx_path if backend == "ort" else backend

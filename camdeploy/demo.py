@@ -10,9 +10,9 @@ import camdeploy
 from camdeploy.cache import cache_dir
 from camdeploy.errors import CamdeployError
 
-# scikit-image ships these photos in its wheel (no download): a cat, a cup of coffee, a rocket
-# on its launch pad and a motorcycle.
-DEMO_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+# scikit-image ships these photos in its wheel (no download): a cat, a cup of coffee, a
+# photographer with a camera on a tripod (grayscale) and a motorcycle.
+DEMO_PHOTOS = ("chelsea.png", "coffee.png", "camera.png", "motorcycle_left.png")
 
 
 def demo_photos() -> list[Path]:

@@ -18,16 +18,25 @@ def imagenet_wnids() -> list[str]:
     return [wnid for wnid, _ in _synsets()]
 
 
+# Two pairs of classes share their first synonym; these names tell them apart.
+_DISTINCT = {"n02012849": "crane (bird)", "n03126707": "crane (machine)", "n03710721": "tank suit"}
+
+
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names in the standard sorted-wnid order (torchvision, timm, Caffe).
 
-    Each name is the first synonym of the class's WordNet entry, e.g. ``"tench"`` for n01440764.
+    Each name is the first synonym of the class's WordNet entry, e.g. ``"tench"`` for n01440764,
+    except for the two cranes (bird, machine) and the second maillot ("tank suit"), so that every
+    name is unique.
     """
-    return [words.split(",")[0].strip() for _, words in _synsets()]
+    return [_DISTINCT.get(wnid, words.split(",")[0].strip()) for wnid, words in _synsets()]
 
 
 def read_labels(path: str | Path) -> list[str]:
-    """Read a label file: one class name per line, in class-index order; blank lines are refused."""
+    """Read a label file: one class name per line, in class-index order.
+
+    Blank lines at the end are ignored; a blank line before the last name is refused.
+    """
     path = Path(path)
     try:
         lines = path.read_text("utf-8").splitlines()

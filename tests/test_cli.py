@@ -1,6 +1,7 @@
 """The command line: help everywhere, the torch-free runtime path, one-line errors, export/run/info."""
 
 import json
+import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -10,17 +11,21 @@ import cv2
 import numpy as np
 import pytest
 
+import camdeploy
 from camdeploy.cli import build_parser, main
 
 SUBCOMMANDS = ["export", "run", "info", "demo", "eval", "bench"]
-RUNTIME_MODULES = [
-    "camdeploy", "camdeploy.cli", "camdeploy.errors", "camdeploy.metadata", "camdeploy.labels",
-    "camdeploy.cache", "camdeploy.demo", "camdeploy.runtime.images", "camdeploy.runtime.boxes",
-    "camdeploy.runtime.result", "camdeploy.runtime.runner", "camdeploy.runtime.onnxruntime_runner",
-    "camdeploy.runtime.torch_runner", "camdeploy.runtime.pipeline", "camdeploy.runtime.overlay",
-    "camdeploy.runtime.cams", "camdeploy.eval.datasets", "camdeploy.eval.metrics", "camdeploy.eval.box_modes",
-    "camdeploy.eval.evaluate", "camdeploy.eval.report", "camdeploy.bench.timing", "camdeploy.bench.bench",
-]
+# Every module but the PyTorch side (export/, models/), which needs torch by design, and
+# __main__, which runs the CLI when imported.
+RUNTIME_MODULES = ["camdeploy", *sorted(
+    info.name for info in pkgutil.walk_packages(camdeploy.__path__, "camdeploy.")
+    if not info.name.startswith(("camdeploy.export", "camdeploy.models", "camdeploy.__main__"))
+)]
+
+
+def test_runtime_module_list_is_complete():
+    assert {"camdeploy.runtime.onnxruntime_runner", "camdeploy.eval.evaluate", "camdeploy.bench.bench",
+            "camdeploy.cli"} <= set(RUNTIME_MODULES)
 
 
 def test_runtime_path_imports_neither_torch_nor_tensorrt():
@@ -131,4 +136,65 @@ def test_export_argument_errors(user_model_dir, capsys):
 def test_run_refuses_torch_model_with_ort_backend(user_model_dir, capsys):
     assert main(["export", "--model", "mymodels:build", "--output", "u.onnx", "--input-size", "32"]) == 0
     assert main(["run", "u.onnx", "photos", "--out", "o", "--model", "mymodels:build"]) == 1
-    assert "--model names the PyTorch model for --backend torch" in capsys.readouterr().err
+    assert "--model, --feature-module and --linear-module describe the PyTorch model for --backend torch" in (
+        capsys.readouterr().err)
+
+
+def test_run_refuses_a_gpu_provider_for_the_torch_reference(user_model_dir, capsys):
+    assert main(["export", "--model", "mymodels:build", "--output", "u.onnx", "--input-size", "32"]) == 0
+    assert main(["run", "u.onnx", "photos", "--out", "o", "--backend", "torch", "--model", "mymodels:build",
+                 "--provider", "cuda"]) == 1
+    assert "--provider cuda selects an ONNX Runtime provider; the torch reference runs on the CPU" in (
+        capsys.readouterr().err)
+
+
+def test_run_skips_its_own_output_folder_and_bad_batch_sizes(user_model_dir, capsys):
+    assert main(["export", "--model", "mymodels:build", "--output", "u.onnx", "--input-size", "32"]) == 0
+    capsys.readouterr()
+    for _ in range(2):  # the second run must not read the first run's overlays
+        assert main(["run", "u.onnx", "photos", "--out", "photos/out", "--overlays", "--no-progress"]) == 0
+        assert "3 images in" in capsys.readouterr().out
+    assert main(["run", "u.onnx", "photos", "--out", "o", "--batch-size", "0"]) == 1
+    assert "--batch-size 0: expected 1 to 512" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_a_one_line_error(user_model_dir, capsys):
+    Path("blocker").write_text("a file, not a folder")
+    assert main(["export", "--model", "mymodels:build", "--output", "u.onnx", "--input-size", "32"]) == 0
+    assert main(["run", "u.onnx", "photos", "--out", "blocker", "--no-progress"]) == 1
+    assert "--out blocker: cannot write there" in capsys.readouterr().err
+    assert main(["export", "--model", "mymodels:build", "--output", "blocker/m.onnx", "--input-size", "32"]) == 1
+    assert "--output blocker/m.onnx: cannot write there" in capsys.readouterr().err
+
+
+def test_normalisation_pairs_cannot_be_mixed(user_model_dir, capsys):
+    assert main(["export", "--model", "mymodels:build", "--output", "x.onnx", "--mean", "0.5,0.5,0.5",
+                 "--std", "0.2,0.2,0.2", "--offset", "0,0,0"]) == 1
+    assert "give one pair" in capsys.readouterr().err
+
+
+def test_model_instances_and_failing_factories(user_model_dir, capsys):
+    Path("more.py").write_text(
+        "from tiny_models import build_torchvision_style\n"
+        "instance = build_torchvision_style()\n"
+        "def broken():\n    raise RuntimeError('no weights here')\n")
+    assert main(["export", "--model", "more:instance", "--output", "i.onnx", "--input-size", "32"]) == 0
+    assert main(["export", "--model", "more:broken", "--output", "b.onnx"]) == 1
+    assert "--model more:broken: broken() raised RuntimeError: no weights here" in capsys.readouterr().err
+    Path("syntax.py").write_text("def f(:\n")
+    assert main(["export", "--model", "syntax:f", "--output", "s.onnx"]) == 1
+    assert "cannot import module 'syntax' (SyntaxError" in capsys.readouterr().err
+
+
+def test_info_on_a_plain_onnx_file(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "no camdeploy metadata" in out and "x " in out and "y " in out

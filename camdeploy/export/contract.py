@@ -147,6 +147,16 @@ def global_pool(features: torch.Tensor, pooling: str) -> torch.Tensor:
     return features.amax(dim=(2, 3))
 
 
+def _probe(module: nn.Module, probe: torch.Tensor, shape: str, input_size: tuple[int, int]) -> torch.Tensor:
+    try:
+        return module(probe)
+    except Exception as exc:
+        raise CamdeployError(
+            f"model ({shape}) failed on a probe input [2, 3, {input_size[0]}, {input_size[1]}]: "
+            f"{type(exc).__name__}: {exc}; is --input-size right for this model?"
+        ) from exc
+
+
 def find_contract(model: nn.Module, input_size: tuple[int, int], *,
                   feature_module: str | None = None, linear_module: str | None = None,
                   pooling: str | None = None) -> GapContract:
@@ -167,16 +177,15 @@ def find_contract(model: nn.Module, input_size: tuple[int, int], *,
         raise CamdeployError(f"--pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
     model.eval()
     features, linear, shape = _locate(model, feature_module, linear_module)
+    if not all(8 <= side <= 4096 for side in input_size):
+        raise CamdeployError(f"--input-size {input_size}: expected 8 to 4096 pixels per side")
+    parameter = next(model.parameters(), None)
+    if parameter is not None and (parameter.dtype != torch.float32 or parameter.device.type != "cpu"):
+        raise CamdeployError(f"--model: parameters are {parameter.dtype} on {parameter.device}; export needs a "
+                             "float32 model on the CPU (call model.float().cpu() first)")
     probe = torch.randn(2, 3, *input_size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        try:
-            fmap = features(probe)
-            logits = model(probe)
-        except Exception as exc:
-            raise CamdeployError(
-                f"model ({shape}) failed on a probe input [2, 3, {input_size[0]}, {input_size[1]}]: "
-                f"{exc}; check --input-size"
-            ) from exc
+        fmap = _probe(features, probe, shape, input_size)
         if not isinstance(fmap, torch.Tensor) or fmap.ndim != 4:
             got = tuple(fmap.shape) if isinstance(fmap, torch.Tensor) else type(fmap).__name__
             raise CamdeployError(
@@ -188,6 +197,7 @@ def find_contract(model: nn.Module, input_size: tuple[int, int], *,
                 f"the feature map has {fmap.shape[1]} channels but the linear head expects "
                 f"{linear.in_features} inputs; CAM needs the head applied to the pooled feature map"
             )
+        logits = _probe(model, probe, shape, input_size)
         if not isinstance(logits, torch.Tensor) or logits.shape != (2, linear.out_features):
             raise CamdeployError(
                 f"model(x) returned {getattr(logits, 'shape', type(logits).__name__)}; expected "

@@ -32,7 +32,8 @@ class ExportOptions:
     normalization: Normalization = UNIT_NORMALIZATION
     class_names: tuple[str, ...] | None = None
     """K names; default ``class 0`` ... ``class K-1``."""
-    topk: int = 5
+    topk: int | None = None
+    """T; default ``min(5, K)``."""
     box_threshold: float = 0.2
     source_model: str = "custom"
     resize: str = "stretch"
@@ -60,7 +61,7 @@ TOLERANCE = {"logits": 1e-4, "features": 1e-4, "scores": 1e-5, "cams": 1e-3}
 
 
 def _validate(options: ExportOptions, num_classes: int) -> None:
-    if not 1 <= options.topk <= num_classes:
+    if options.topk is not None and not 1 <= options.topk <= num_classes:
         raise CamdeployError(f"--topk {options.topk}: expected 1..{num_classes} (the model's classes)")
     if not 0.0 <= options.box_threshold <= 1.0:
         raise CamdeployError(f"--box-threshold {options.box_threshold}: expected a value in [0, 1]")
@@ -145,7 +146,8 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike[str],
 
     The file is written to a temporary name beside ``output``, checked with the ONNX checker,
     compared against PyTorch on ONNX Runtime, and only then renamed to ``output``: a failure at
-    any step leaves no file behind (and an existing ``output`` untouched).
+    any step leaves no file behind (and an existing ``output`` untouched); missing parent
+    folders are created first.
     """
     output = Path(output)
     if output.suffix != ".onnx":
@@ -156,14 +158,15 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike[str],
                              linear_module=options.linear_module, pooling=options.pooling)
     num_classes = contract.linear.out_features
     _validate(options, num_classes)
+    topk = options.topk or min(5, num_classes)
     spec = ModelSpec(
         class_names=options.class_names or tuple(f"class {i}" for i in range(num_classes)),
         input_height=options.input_size[0], input_width=options.input_size[1],
-        normalization=options.normalization, topk=options.topk,
+        normalization=options.normalization, topk=topk,
         box_threshold=options.box_threshold, source_model=options.source_model,
         pooling=contract.pooling, resize=options.resize, camdeploy_version=camdeploy.__version__,
     )
-    cam_model = CamModel(contract, options.topk, options.input_size).eval()
+    cam_model = CamModel(contract, topk, options.input_size).eval()
 
     import onnx
 
@@ -176,12 +179,15 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike[str],
     if proto.ByteSize() >= 2**31 - 2**20:
         raise CamdeployError("the model is larger than 2 GB, the limit of a self-contained ONNX file")
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.partial")
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         onnx.save_model(proto, str(temporary), save_as_external_data=False)
         errors = _verify(temporary, cam_model, options) if options.verify else {}
         os.replace(temporary, output)
+    except OSError as exc:
+        raise CamdeployError(f"--output {output}: cannot write there ({exc.strerror or exc})") from exc
     finally:
-        temporary.unlink(missing_ok=True)
+        if temporary.is_file():
+            temporary.unlink()
     return ExportReport(output, spec, contract.shape, errors)

@@ -14,6 +14,7 @@ from camdeploy.metadata import LITE_NORMALIZATION, Normalization
 
 BUILTIN_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 DEFAULT_MODEL = "efficientnet_lite0"
+MAX_INPUT_SIZE = 4096
 # torchvision convention, the default for user models.
 IMAGENET_NORMALIZATION = Normalization.from_mean_std((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -43,13 +44,20 @@ def load_callable(spec: str) -> nn.Module:
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CamdeployError(f"--model {spec}: cannot import module {module_name!r} ({exc})") from exc
+    except Exception as exc:  # ImportError, but also whatever the module raises while importing
+        raise CamdeployError(f"--model {spec}: cannot import module {module_name!r} "
+                             f"({type(exc).__name__}: {exc})") from exc
     try:
         factory = getattr(module, attr)
     except AttributeError:
         raise CamdeployError(f"--model {spec}: module {module_name!r} has no attribute {attr!r}") from None
-    model = factory() if callable(factory) else factory
+    if isinstance(factory, nn.Module) or not callable(factory):
+        model = factory  # an instance (modules are callable too: do not call it)
+    else:
+        try:
+            model = factory()
+        except Exception as exc:
+            raise CamdeployError(f"--model {spec}: {attr}() raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise CamdeployError(
             f"--model {spec}: {attr}() returned {type(model).__name__}; expected a torch.nn.Module"
@@ -64,8 +72,8 @@ def load_model(spec: str, *, input_size: int | None = None,
     Built-in models default to their native input size and EfficientNet-Lite normalisation
     ``(pixel - 127) / 128``; user models to 224 and ImageNet mean/std.
     """
-    if input_size is not None and input_size < 8:
-        raise CamdeployError(f"--input-size {input_size}: expected at least 8 pixels")
+    if input_size is not None and not 8 <= input_size <= MAX_INPUT_SIZE:
+        raise CamdeployError(f"--input-size {input_size}: expected 8 to {MAX_INPUT_SIZE} pixels")
     if spec in BUILTIN_MODELS:
         from camdeploy.models.efficientnet_lite import VARIANTS, efficientnet_lite
 

@@ -51,8 +51,15 @@ def decode_image(data: bytes, source: str = "image") -> np.ndarray:
     """Decode encoded image bytes to an RGB ``uint8`` array ``[H, W, 3]``."""
     buffer = np.frombuffer(data, dtype=np.uint8)
     # IMREAD_COLOR applies the EXIF orientation and turns grayscale into 3 channels;
-    # IMREAD_ANYDEPTH keeps 16-bit samples so that we scale them ourselves.
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if buffer.size else None
+    # IMREAD_ANYDEPTH keeps 16-bit samples so that we scale them ourselves. OpenCV's own log
+    # line about an undecodable file is silenced: our error says it in one line.
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if buffer.size else None
+    finally:
+        logging.setLogLevel(level)
     if image is None:
         raise CamdeployError(f"{source}: not a readable image (corrupt, empty or unknown format)")
     image = _to_uint8(image, source)
@@ -114,18 +121,16 @@ def resize_for_model(image: np.ndarray, height: int, width: int, mode: str = "st
     if mode not in RESIZE_MODES:
         raise CamdeployError(f"--resize {mode!r}: expected one of {', '.join(RESIZE_MODES)}")
     h0, w0 = image.shape[:2]
-    if mode == "stretch":
-        new_w, new_h, left, top = width, height, 0, 0
-    else:
+    left = top = 0
+    if mode == "crop":  # the centred region with the model's aspect ratio, cut before resizing
         ratio = max(width / w0, height / h0)
-        new_w, new_h = max(width, round(w0 * ratio)), max(height, round(h0 * ratio))
-        left, top = (new_w - width) // 2, (new_h - height) // 2
-    shrinking = new_w < w0 or new_h < h0
-    resized = cv2.resize(image, (new_w, new_h),
-                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    resized = resized[top:top + height, left:left + width]
-    sx, sy = w0 / new_w, h0 / new_h
-    return resized, Frame(w0, h0, sx, sy, left * sx, top * sy)
+        crop_w, crop_h = min(w0, max(1, round(width / ratio))), min(h0, max(1, round(height / ratio)))
+        left, top = (w0 - crop_w) // 2, (h0 - crop_h) // 2
+        image = image[top:top + crop_h, left:left + crop_w]
+    src_h, src_w = image.shape[:2]
+    shrinking = width < src_w or height < src_h
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return resized, Frame(w0, h0, src_w / width, src_h / height, float(left), float(top))
 
 
 def normalize(image: np.ndarray, spec: ModelSpec) -> np.ndarray:

@@ -24,6 +24,24 @@ def usable_cpus() -> int:
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
+def _gpu_install_hint() -> str:
+    """How to get GPU providers; ``onnxruntime`` and ``onnxruntime-gpu`` installed together clash."""
+    from importlib import metadata
+
+    installed = set()
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(name)
+            installed.add(name)
+        except metadata.PackageNotFoundError:
+            pass
+    if installed == {"onnxruntime", "onnxruntime-gpu"}:
+        return ("both onnxruntime and onnxruntime-gpu are installed and the CPU build shadows the GPU one: "
+                "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`")
+    return ("install the 'gpu' extra on a machine with an NVIDIA GPU, replacing the CPU build: "
+            "`pip uninstall -y onnxruntime && pip install onnxruntime-gpu`")
+
+
 def read_class_weight(path: str, num_classes: int) -> np.ndarray:
     """The linear head's weight ``[K, C]`` from an exported file: the data input of the Gather
     that selects the top classes' rows in the CAM head."""
@@ -88,8 +106,7 @@ class OnnxRuntimeRunner(Runner):
         if wanted not in ort.get_available_providers():
             raise CamdeployError(
                 f"--provider {self.provider}: ONNX Runtime {ort.__version__} here offers only "
-                f"{', '.join(ort.get_available_providers())}; install the 'gpu' extra "
-                "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --provider cpu"
+                f"{', '.join(ort.get_available_providers())}; {_gpu_install_hint()}, or use --provider cpu"
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -97,7 +114,9 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = self.threads or usable_cpus()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
+        # TensorRT hands the nodes it cannot take to CUDA, then CPU, as ONNX Runtime recommends.
+        providers = {"cpu": [wanted], "cuda": [wanted, "CPUExecutionProvider"],
+                     "tensorrt": [wanted, "CUDAExecutionProvider", "CPUExecutionProvider"]}[self.provider]
         try:
             session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
         except Exception as exc:

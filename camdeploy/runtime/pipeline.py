@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import numpy as np
@@ -45,7 +46,9 @@ class RunSummary:
 
 
 def _warn(message: str) -> None:
-    print(f"camdeploy: warning: {message}", file=sys.stderr)
+    from tqdm import tqdm
+
+    tqdm.write(f"camdeploy: warning: {message}", file=sys.stderr)  # keeps a progress bar intact
 
 
 def _batches(paths: Sequence[Path], runner: Runner, options: RunOptions,
@@ -103,23 +106,38 @@ def run_files(runner: Runner, paths: Sequence[Path], out_dir: str | Path,
 
     With ``options.overlays``, also write one PNG per image showing the top-1 CAM, box and label.
     A file that cannot be read is reported through ``report`` and skipped; the run goes on.
+    ``results.jsonl`` appears only when the run completes (it is written under a temporary name).
     """
     if options.batch_size < 1:
         raise CamdeployError(f"--batch-size {options.batch_size}: expected a positive number")
+    out_dir = Path(out_dir)
+    summary = RunSummary(out_dir / RESULTS_NAME)
+    partial = summary.results_path.with_name(RESULTS_NAME + ".partial")
+    start = time.perf_counter()
+    done = False
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", encoding="utf-8") as sink:
+            _run(runner, paths, out_dir, options, report, summary, sink)
+        partial.replace(summary.results_path)
+        done = True
+    except OSError as exc:
+        raise CamdeployError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from exc
+    finally:
+        if not done and partial.is_file():  # failed or interrupted: leave no partial file behind
+            partial.unlink()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run(runner: Runner, paths: Sequence[Path], out_dir: Path, options: RunOptions,
+         report: Callable[[str], None], summary: RunSummary, sink: TextIO) -> None:
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = RunSummary(out_dir / RESULTS_NAME)
     names = runner.spec.class_names
     taken: set[str] = set()
-    start = time.perf_counter()
-    partial = summary.results_path.with_name(RESULTS_NAME + ".partial")
-    with open(partial, "w", encoding="utf-8") as sink, tqdm(
-            total=len(paths), unit="img", disable=not options.progress or None,
-            file=sys.stderr) as bar:
-        for batch_paths, images, tensors, frames in _batches(paths, runner, options,
-                                                             summary.failures, report):
+    with tqdm(total=len(paths), unit="img", disable=not options.progress or None, file=sys.stderr) as bar:
+        for batch_paths, images, tensors, frames in _batches(paths, runner, options, summary.failures, report):
             result = runner.infer_images(tensors, frames)
             for i, path in enumerate(batch_paths):
                 record = result_record(path, result, i, names)
@@ -127,13 +145,10 @@ def run_files(runner: Runner, paths: Sequence[Path], out_dir: str | Path,
                 sink.write(json.dumps(record) + "\n")
                 if options.overlays:
                     label = f"{record['labels'][0]} {record['scores'][0]:.2f}"
-                    picture = draw_overlay(images[i], result.cams[i, 0], result.boxes[i, 0],
-                                           label, frames[i])
+                    picture = draw_overlay(images[i], result.cams[i, 0], result.boxes[i, 0], label, frames[i])
                     target = _overlay_path(out_dir, path, taken)
-                    cv2.imwrite(str(target), picture[:, :, ::-1])
+                    if not cv2.imwrite(str(target), picture[:, :, ::-1]):
+                        raise OSError(f"cannot write {target}")
                     summary.overlay_paths.append(target)
             bar.update(len(batch_paths))
         bar.update(len(paths) - bar.n)
-    partial.replace(summary.results_path)
-    summary.seconds = time.perf_counter() - start
-    return summary

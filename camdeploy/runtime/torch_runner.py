@@ -1,5 +1,9 @@
 """The PyTorch reference: the model's eager forward plus the same CAM math as the graph.
 
+On the first batch it runs, the runner also checks that the model's own ``forward`` gives the
+same logits as ``linear(pool(features(x)))`` on those real inputs, not only on the export's
+random probe.
+
 Needs the ``export`` extra (torch). Preprocessing, T and the box threshold come from the
 :class:`ModelSpec` (usually the exported file's metadata), so that the reference and the graph see
 identical inputs.
@@ -29,16 +33,21 @@ class TorchRunner(Runner):
     name = "torch"
 
     def __init__(self, model: object, spec: ModelSpec, box_threshold: float | None = None,
-                 feature_module: str | None = None, linear_module: str | None = None):
+                 feature_module: str | None = None, linear_module: str | None = None, threads: int | None = None):
         super().__init__(spec, box_threshold)
+        if threads is not None and threads < 1:
+            raise CamdeployError(f"--threads {threads}: expected a positive number")
+        self.threads = threads
         self.model = model
+        self._checked = False
+        self._module: Any = None
         self.feature_module = feature_module
         self.linear_module = linear_module
         self._cam_model: Any = None
 
     def open(self) -> None:
         try:
-            import torch  # noqa: F401
+            import torch
         except ImportError as exc:
             raise CamdeployError(
                 "--backend torch needs PyTorch: install the 'export' extra (pip install 'camdeploy[export]')"
@@ -62,6 +71,11 @@ class TorchRunner(Runner):
                 f"({self.spec.source_model})"
             )
         self._cam_model = CamModel(contract, self.spec.topk, size).eval()
+        self._module = model
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         self.is_open = True
 
     def close(self) -> None:
@@ -75,10 +89,22 @@ class TorchRunner(Runner):
 
         assert self._cam_model is not None  # guarded by infer()
         with torch.inference_mode():
-            outputs = dict(zip(OUTPUT_NAMES, self._cam_model(torch.from_numpy(images)), strict=True))
+            x = torch.from_numpy(images)
+            outputs = dict(zip(OUTPUT_NAMES, self._cam_model(x), strict=True))
+            if not self._checked:  # once: the decomposition reproduces the model's own forward
+                self._check_forward(self._module(x), outputs["logits"])
         if not features:
             del outputs["features"]
         return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+    def _check_forward(self, logits: Any, decomposed: Any) -> None:
+        error = float((logits - decomposed).abs().max())
+        tolerance = 1e-4 * (1.0 + float(logits.abs().max()))
+        if error > tolerance:
+            raise CamdeployError(f"torch runner: on this batch the model's own forward differs from "
+                                 f"linear(pool(features(x))) by {error:.3g} (tolerance {tolerance:.3g}); "
+                                 "the model does not follow the GAP contract on real inputs")
+        self._checked = True
 
     def class_weight(self) -> np.ndarray:
         if self._cam_model is None:

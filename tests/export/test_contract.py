@@ -94,6 +94,41 @@ def test_forced_pooling_that_does_not_match_is_refused():
         find_contract(seeded(TorchvisionStyle()), SIZE, pooling="max")
 
 
+class BigKernel(TorchvisionStyle):
+    """Needs inputs of at least 16 pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 16))
+
+
 def test_input_too_small_for_the_model_is_reported():
-    with pytest.raises(CamdeployError, match=r"failed on a probe input.*check --input-size"):
-        find_contract(seeded(TorchvisionStyle()), (0, 0))
+    with pytest.raises(CamdeployError, match=r"failed on a probe input \[2, 3, 8, 8\].*is --input-size right"):
+        find_contract(seeded(BigKernel()), (8, 8))
+
+
+@pytest.mark.parametrize("size", [(0, 0), (4, 32), (5000, 5000)])
+def test_input_size_out_of_range_is_refused_before_any_allocation(size):
+    with pytest.raises(CamdeployError, match=r"--input-size .*: expected 8 to 4096 pixels per side"):
+        find_contract(seeded(TorchvisionStyle()), size)
+
+
+def test_non_float32_model_is_refused():
+    with pytest.raises(CamdeployError, match=r"torch\.float64 on cpu; export needs a float32 model"):
+        find_contract(seeded(TorchvisionStyle()).double(), SIZE)
+
+
+class FlatFeatures(TorchvisionStyle):
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+def test_feature_map_must_be_4d_and_match_the_head():
+    model = seeded(FlatFeatures())
+    model.features.append(torch.nn.Flatten())
+    with pytest.raises(CamdeployError, match=r"returned \(2, 512\); CAM needs a 4-D feature map"):
+        find_contract(model, SIZE)
+    model = seeded(TorchvisionStyle())
+    model.classifier[1] = torch.nn.Linear(5, 10)
+    with pytest.raises(CamdeployError, match="the feature map has 8 channels but the linear head expects 5 inputs"):
+        find_contract(model, SIZE)

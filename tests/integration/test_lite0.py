@@ -1,7 +1,6 @@
 """The real EfficientNet-Lite0 with its ImageNet weights, on real photos."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +50,15 @@ def test_photos_cat_is_a_cat_and_backends_agree(lite0_onnx, tmp_path):
         assert np.all(iou(np.array(a["boxes"]), np.array(b["boxes"])) >= 0.99)
 
 
-def test_demo_command_writes_overlays_and_table(lite0_onnx, tmp_path, monkeypatch, capsys):
+def test_demo_exports_once_then_reuses_the_cache(tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache"
-    cache.mkdir()
-    # The session's export stands in for the cached one, so the demo does not export again.
-    shutil.copy(lite0_onnx, cache / f"efficientnet_lite0-top5-camdeploy{camdeploy.__version__}.onnx")
     monkeypatch.setenv("CAMDEPLOY_CACHE_DIR", str(cache))
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0  # first run: exports into the cache
+    cached = cache / f"efficientnet_lite0-top5-camdeploy{camdeploy.__version__}.onnx"
+    assert cached.is_file() and "exporting efficientnet_lite0" in capsys.readouterr().err
+    stamp = cached.stat().st_mtime_ns
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0  # second run: from the cache
+    assert cached.stat().st_mtime_ns == stamp and "exporting" not in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     table = capsys.readouterr().out
     assert "chelsea.png" in table and ("Egyptian cat" in table or "tabby" in table or "tiger cat" in table)
@@ -75,6 +77,11 @@ def test_dev_images_ort_equals_reference(lite0_onnx, tmp_path):
     ious = np.array([iou(np.array(a["boxes"][0]), np.array(b["boxes"][0]))
                      for a, b in zip(ort_records, torch_records, strict=True)])
     assert ious.min() >= 0.99, f"worst top-1 box IoU {ious.min():.4f}"
+    # The whole results.jsonl agrees, up to score rounding: every class, every box.
+    for a, b in zip(ort_records, torch_records, strict=True):
+        assert (a["file"], a["classes"], a["labels"]) == (b["file"], b["classes"], b["labels"])
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-4)
+        assert np.all(iou(np.array(a["boxes"]), np.array(b["boxes"])) >= 0.99)
     # And the model is the real thing: its top-1 accuracy on these images.
     truth = {Path(r["file"]).name: r["class_index"]
              for r in json.loads((DEV / "annotations.json").read_text())["images"]}

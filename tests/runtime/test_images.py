@@ -280,9 +280,10 @@ def test_crop_keeps_the_centre_of_a_tall_image_for_a_wide_input():
     image = np.zeros((120, 60, 3), dtype=np.uint8)  # H=120, W=60; input 30x40 (H x W)
     resized, frame = resize_for_model(image, 30, 40, "crop")
     assert resized.shape == (30, 40, 3)
-    # Scale 40/60 makes the image 40x80; the 30 central rows are original rows 37.5 .. 82.5.
+    # The 4:3 region of the full width is 60x45 original pixels, cut at row (120 - 45) // 2 = 37
+    # before resizing, so the tensor covers original rows 37 .. 82.
     full = frame.to_original(np.array([0, 0, 40, 30], dtype=np.float32))
-    np.testing.assert_allclose(full, [0, 37.5, 60, 82.5], rtol=1e-6)
+    np.testing.assert_allclose(full, [0, 37, 60, 82], rtol=1e-6)
 
 
 def test_to_original_keeps_batch_shape_and_clips_to_the_image():

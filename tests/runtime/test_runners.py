@@ -95,6 +95,18 @@ def test_unavailable_provider_is_an_error_not_a_silent_cpu_fallback(tiny, provid
         OnnxRuntimeRunner(path, provider=provider).open()
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
+def test_a_provider_that_does_not_become_active_is_an_error(tiny, monkeypatch):
+    """ONNX Runtime accepts an unusable provider and quietly runs on the CPU; the runner must not."""
+    _, path, _ = tiny
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        pytest.skip("CUDA works here; the fallback cannot be provoked")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [*available, "CUDAExecutionProvider"])
+    with pytest.raises(CamdeployError, match="--provider cuda: ONNX Runtime fell back to CPUExecutionProvider"):
+        OnnxRuntimeRunner(path, provider="cuda").open()
+
+
 @pytest.mark.gpu
 def test_cuda_provider_runs_and_matches_cpu(tiny):
     _, path, _ = tiny
