@@ -1,0 +1,126 @@
+"""Regenerate benchmarks/results/: latency (bench) and localization (eval) of EfficientNet-Lite0.
+
+    python benchmarks/reproduce.py [--data ../shared/data/imagenet-val] [--quick]
+
+Everything is measured in this one run, on this machine: `camdeploy bench` on the dev images
+(the PyTorch reference, ONNX Runtime with and without the CAM head, torchcam when installed),
+`camdeploy eval --compare torch ort` on dev in both box modes, and the same evaluation on the
+holdout images, which are only reported, never used to choose anything. The script writes the
+JSON and PNG files of each command and RESULTS.md, whose tables the README quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+from pathlib import Path
+
+from camdeploy.cli import main as camdeploy
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+METRICS = [("top1_cls_err", "top-1 cls err"), ("top5_cls_err", "top-5 cls err"), ("top1_loc_err", "top-1 loc err"),
+           ("top5_loc_err", "top-5 loc err"), ("gt_known_loc", "GT-known loc"), ("maxboxacc_v2", "MaxBoxAccV2")]
+
+
+def run(args: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = camdeploy(args)
+    print(out.getvalue())
+    if code:
+        raise SystemExit(f"camdeploy {' '.join(args)} failed with {code}")
+    return out.getvalue()
+
+
+def bench_tables(report: dict) -> list[str]:
+    rows = report["rows"]
+    lines = ["| backend | scope | batch | median ms | p90 ms | ms/image | images/s | vs torch |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['backend']} | {r['scope']} | {r['batch']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+                     f"{r['ms_per_image']:.2f} | {r['images_per_second']:.1f} | {r['speedup_vs_torch']:.2f}x |")
+    find = {(r["backend"], r["scope"], r["batch"]): r for r in rows}
+    lines += ["", "| target | batch | measured | target met |", "|---|---:|---:|---|"]
+    for batch in sorted({r["batch"] for r in rows}):
+        model = find[("ort", "model", batch)]["speedup_vs_torch"]
+        e2e = find[("ort", "end-to-end", batch)]["speedup_vs_torch"]
+        cost = find[("ort", "model", batch)]["median_ms"] / find[("ort-backbone", "model", batch)]["median_ms"] - 1
+        lines.append(f"| ORT model scope >= 4x the reference | {batch} | {model:.2f}x | {'yes' if model >= 4 else 'no'} |")
+        lines.append(f"| ORT end-to-end >= 3x the reference | {batch} | {e2e:.2f}x | {'yes' if e2e >= 3 else 'no'} |")
+        lines.append(f"| CAM head + boxes <= +10 % over backbone | {batch} | {100 * cost:+.1f} % | "
+                     f"{'yes' if cost <= 0.10 else 'no'} |")
+    return lines
+
+
+def eval_table(reports: dict[str, dict]) -> list[str]:
+    names = list(reports)
+    lines = ["| metric (%) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for key, label in METRICS:
+        cells = []
+        for name in names:
+            value = reports[name]["metrics"][key]
+            cells.append("-" if value is None else f"{100 * value:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def agreement_lines(report: dict) -> list[str]:
+    lines = []
+    for name, a in report["agreement"].items():
+        box = a["top1_box_iou"]
+        deltas = ", ".join(f"{k} {100 * v:+.3f}" for k, v in a["metric_deltas"].items() if v is not None)
+        lines.append(f"- {name} against {report['metrics']['backend']}: top-1 identical on "
+                     f"{100 * a['top1_identical']:.2f} % of images, top-5 sets identical on {100 * a['top5_identical']:.2f} %, "
+                     f"CAM max |diff| {a['cam_max_abs_diff']:.1e} (mean {a['cam_mean_abs_diff']:.1e}), top-1 box IoU >= 0.99 "
+                     f"on {100 * box['fraction_ge_0.99']:.2f} % (min {box['min']:.4f}); metric deltas in points: {deltas}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/imagenet-val")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and 64 images: a smoke run")
+    args = parser.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    from camdeploy.demo import cached_export
+
+    model = str(cached_export("efficientnet_lite0"))
+    limit = ["--limit", "64"] if args.quick else []
+    repeats = ["--repeats", "5", "--e2e-repeats", "2"] if args.quick else ["--repeats", "20", "--e2e-repeats", "5"]
+    run(["bench", model, "--images", str(args.data / "dev/images"), "--batch-sizes", "1,8,16,32", *repeats,
+         "--json", str(out / "bench.json"), "--plot", str(out / "bench.png")])
+    evals = {}
+    for split in ("dev", "holdout"):
+        for mode in ("paper", "ilsvrc"):
+            name = f"eval_{split}_{mode}"
+            run(["eval", "--data", str(args.data / split), "--onnx", model, "--compare", "torch", "ort",
+                 "--box-mode", mode, "--json", str(out / f"{name}.json"), "--plot", str(out / f"{name}.png"),
+                 "--no-progress", *limit])
+            evals[name] = json.loads((out / f"{name}.json").read_text())
+
+    bench = json.loads((out / "bench.json").read_text())
+    m = bench["machine"]
+    lines = ["# camdeploy results", "",
+             f"Generated by `python benchmarks/reproduce.py{' --quick' if args.quick else ''}` on {m['cpu']}, "
+             f"{m['threads']} threads, {m['platform']}; versions: "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".", "",
+             "## Latency (EfficientNet-Lite0, 224x224, dev images)", "", *bench_tables(bench), "",
+             "Scopes: `model` = preprocessed batch to all outputs including boxes; `end-to-end` = image files to "
+             "results.jsonl. `ort-backbone` is the graph cut at logits (no CAM head, no boxes).", ""]
+    for split in ("dev", "holdout"):
+        lines += [f"## Localization on {split} ({evals[f'eval_{split}_paper']['metrics']['n_images']} images)", ""]
+        table = {f"{mode} / {b}": {"metrics": evals[f"eval_{split}_{mode}"]["backends"][b]}
+                 for mode in ("paper", "ilsvrc") for b in ("torch", "ort")}
+        lines += eval_table(table) + [""]
+        lines += agreement_lines(evals[f"eval_{split}_paper"]) + [""]
+    (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
