@@ -48,8 +48,9 @@ def bench_tables(report: dict) -> list[str]:
         model = find[("ort", "model", batch)]["speedup_vs_torch"]
         e2e = find[("ort", "end-to-end", batch)]["speedup_vs_torch"]
         cost = find[("ort", "model", batch)]["median_ms"] / find[("ort-backbone", "model", batch)]["median_ms"] - 1
-        lines.append(f"| ORT model scope >= 4x the reference | {batch} | {model:.2f}x | {'yes' if model >= 4 else 'no'} |")
-        lines.append(f"| ORT end-to-end >= 3x the reference | {batch} | {e2e:.2f}x | {'yes' if e2e >= 3 else 'no'} |")
+        met = {True: "yes", False: "no"}
+        lines.append(f"| ORT model scope >= 4x the reference | {batch} | {model:.2f}x | {met[model >= 4]} |")
+        lines.append(f"| ORT end-to-end >= 3x the reference | {batch} | {e2e:.2f}x | {met[e2e >= 3]} |")
         lines.append(f"| CAM head + boxes <= +10 % over backbone | {batch} | {100 * cost:+.1f} % | "
                      f"{'yes' if cost <= 0.10 else 'no'} |")
     return lines
@@ -73,9 +74,10 @@ def agreement_lines(report: dict) -> list[str]:
         box = a["top1_box_iou"]
         deltas = ", ".join(f"{k} {100 * v:+.3f}" for k, v in a["metric_deltas"].items() if v is not None)
         lines.append(f"- {name} against {report['metrics']['backend']}: top-1 identical on "
-                     f"{100 * a['top1_identical']:.2f} % of images, top-5 sets identical on {100 * a['top5_identical']:.2f} %, "
-                     f"CAM max |diff| {a['cam_max_abs_diff']:.1e} (mean {a['cam_mean_abs_diff']:.1e}), top-1 box IoU >= 0.99 "
-                     f"on {100 * box['fraction_ge_0.99']:.2f} % (min {box['min']:.4f}); metric deltas in points: {deltas}")
+                     f"{100 * a['top1_identical']:.2f} % of images, top-5 sets identical on "
+                     f"{100 * a['top5_identical']:.2f} %, CAM max |diff| {a['cam_max_abs_diff']:.1e} "
+                     f"(mean {a['cam_mean_abs_diff']:.1e}), top-1 box IoU >= 0.99 on "
+                     f"{100 * box['fraction_ge_0.99']:.2f} % (min {box['min']:.4f}); metric deltas in points: {deltas}")
     return lines
 
 
@@ -116,8 +118,8 @@ def main() -> None:
         lines += [f"## Localization on {split} ({evals[f'eval_{split}_paper']['metrics']['n_images']} images)", ""]
         table = {f"{mode} / {b}": {"metrics": evals[f"eval_{split}_{mode}"]["backends"][b]}
                  for mode in ("paper", "ilsvrc") for b in ("torch", "ort")}
-        lines += eval_table(table) + [""]
-        lines += agreement_lines(evals[f"eval_{split}_paper"]) + [""]
+        lines += [*eval_table(table), ""]
+        lines += [*agreement_lines(evals[f"eval_{split}_paper"]), ""]
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'RESULTS.md'}")
 
