@@ -72,6 +72,9 @@ def agreement_lines(report: dict) -> list[str]:
     lines = []
     for name, a in report["agreement"].items():
         box = a["top1_box_iou"]
+        if not box["n"]:
+            lines.append(f"- {name} against {report['metrics']['backend']}: top-1 never identical")
+            continue
         deltas = ", ".join(f"{k} {100 * v:+.3f}" for k, v in a["metric_deltas"].items() if v is not None)
         lines.append(f"- {name} against {report['metrics']['backend']}: top-1 identical on "
                      f"{100 * a['top1_identical']:.2f} % of images, top-5 sets identical on "
@@ -81,17 +84,78 @@ def agreement_lines(report: dict) -> list[str]:
     return lines
 
 
+def precision(data: Path, model: str, out: Path, quick: bool) -> list[str]:
+    """INT8 (both targets) and FP16 against fp32: calibrate on the even-indexed half of dev,
+    evaluate on the odd-indexed half, and time the graphs side by side."""
+    import csv
+    import tempfile
+
+    records = json.loads((data / "dev/annotations.json").read_text())["images"]
+    calibration, evaluation = records[::2], records[1::2]
+    if quick:
+        evaluation = evaluation[:64]
+    with tempfile.TemporaryDirectory() as scratch:
+        listing = Path(scratch) / "calibration"
+        listing.mkdir()
+        for record in calibration:
+            (listing / Path(record["file"]).name).symlink_to(data / "dev" / record["file"])
+        eval_csv = Path(scratch) / "eval.csv"
+        with open(eval_csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "class_index", "x0", "y0", "x1", "y1"])
+            for record in evaluation:
+                for box in record["boxes"]:
+                    writer.writerow([str(data / "dev" / record["file"]), record["class_index"], *box])
+        variants = {"int8-tensorrt": out / "lite0.int8-tensorrt.onnx", "int8-cpu": out / "lite0.int8-cpu.onnx"}
+        for name, path in variants.items():
+            run(["calibrate", model, "--images", str(listing), "--count", "300", "--output", str(path),
+                 "--target", name.split("-")[1], "--no-progress"])
+        fp16 = out / "lite0.fp16.onnx"
+        run(["convert", model, "--fp16", "--output", str(fp16)])
+        paths = [str(p) for p in (*variants.values(), fp16)]
+        run(["eval", "--data", str(eval_csv), "--onnx", model, "--compare", "torch", "ort", *paths,
+             "--json", str(out / "eval_dev_precision.json"), "--no-progress"])
+        run(["bench", model, *paths, "--images", str(data / "dev/images"), "--batch-sizes", "1,16",
+             "--scopes", "model", "--no-torchcam", *(["--repeats", "5"] if quick else ["--repeats", "20"]),
+             "--json", str(out / "bench_precision.json")])
+    for path in (*variants.values(), fp16):
+        path.unlink()
+    report = json.loads((out / "eval_dev_precision.json").read_text())
+    lines = [f"## Precision variants (dev: calibrated on the {len(calibration)} even-indexed images, 300 drawn; "
+             f"evaluated on the {report['metrics']['n_images']} odd-indexed ones)", ""]
+    lines += [*eval_table({name: {"metrics": m} for name, m in report["backends"].items()}), ""]
+    lines += [*agreement_lines(report), ""]
+    bench = json.loads((out / "bench_precision.json").read_text())
+    m = bench["machine"]
+    lines += [f"Timed on {m['cpu']}, {m['threads']} threads; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+              + ".", ""]
+    lines += ["| graph (model scope, ONNX Runtime CPU) | batch | ms/image | vs fp32 ort |", "|---|---:|---:|---:|"]
+    base = {r["batch"]: r["median_ms"] for r in bench["rows"] if r["backend"] == "ort:" + Path(model).name}
+    for r in bench["rows"]:
+        if r["backend"].startswith("ort:"):
+            lines.append(f"| {r['backend'][4:]} | {r['batch']} | {r['ms_per_image']:.2f} | "
+                         f"{base[r['batch']] / r['median_ms']:.2f}x |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/imagenet-val")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and 64 images: a smoke run")
+    parser.add_argument("--only", choices=("precision",), help="regenerate only this part (PRECISION.md)")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     from camdeploy.demo import cached_export
 
     model = str(cached_export("efficientnet_lite0"))
+    if args.only == "precision":
+        lines = precision(args.data, model, out, args.quick)
+        (out / "PRECISION.md").write_text("\n".join(["# camdeploy precision variants", "",
+                                                      *lines]) + "\n")
+        print(f"wrote {out / 'PRECISION.md'}")
+        return
     limit = ["--limit", "64"] if args.quick else []
     repeats = ["--repeats", "5", "--e2e-repeats", "2"] if args.quick else ["--repeats", "20", "--e2e-repeats", "5"]
     run(["bench", model, "--images", str(args.data / "dev/images"), "--batch-sizes", "1,8,16,32", *repeats,

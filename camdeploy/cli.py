@@ -184,6 +184,41 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate", help="INT8 (Q/DQ) variant of an exported model",
+        description="Quantize an exported model to INT8 with Q/DQ nodes (ONNX Runtime static quantization), "
+        "calibrated on images that must not be evaluation images. Only the backbone is quantized: the "
+        "linear head and the CAM head stay float32. The calibration files are recorded in the model, and "
+        "`camdeploy eval` refuses to evaluate it on any of them.")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--images", required=True, nargs="+", help="calibration image files or folders")
+    p.add_argument("--output", required=True, type=Path, help="where to write the INT8 .onnx")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="calibration method (default minmax)")
+    p.add_argument("--count", type=int, default=300, help="calibration images drawn from --images (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
+                   help="tensorrt: symmetric int8, zero points 0 (default); cpu: uint8 activations, which ONNX "
+                   "Runtime's CPU kernels run fast but TensorRT refuses")
+    p.add_argument("--exclude-data", help="an evaluation dataset (as for eval --data) whose images must not be "
+                   "used for calibration; they are left out of the draw")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert", help="FP16 variant of an exported model",
+        description="Convert an exported model's backbone to float16, keeping float32 inputs and outputs and "
+        "the linear and CAM heads (softmax, min-max normalisation) in float32.")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--fp16", action="store_true", required=True, help="convert to float16 (the only conversion)")
+    p.add_argument("--output", required=True, type=Path, help="where to write the FP16 .onnx")
+    p.add_argument("--fp16-head", action="store_true", help="convert the heads to float16 too")
+    p.set_defaults(func=cmd_convert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camdeploy",
@@ -191,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the exported graph.")
     parser.add_argument("--version", action="version", version=f"camdeploy {camdeploy.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_export, _add_run, _add_info, _add_demo, _add_eval, _add_bench):
+    for add in (_add_export, _add_run, _add_info, _add_demo, _add_eval, _add_bench, _add_calibrate,
+                _add_convert):
         add(sub)
     return parser
 
@@ -412,6 +448,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             raise CamdeployError(f"--compare {backend}: expected ort, torch or a path ending in .onnx")
     dataset = open_dataset(args.data, args.images, args.format)
+    from camdeploy.calibration.data import refuse_overlap
+    from camdeploy.calibration.quantize import calibration_files
+
+    for name, config_entry in config.items():
+        if config_entry["backend"] == "ort":
+            try:
+                refuse_overlap(calibration_files(str(config_entry["model"])), [s.path for s in dataset.samples])
+            except CamdeployError as exc:
+                raise CamdeployError(f"{name}: {exc}") from None
     options = EvalOptions(batch_size=args.batch_size, box_mode=args.box_mode, resize=args.resize,
                           limit=args.limit, progress=not args.no_progress)
     opened: list[Runner] = []
@@ -467,6 +512,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot in {args.plot}" if plot(report, args.plot) else "no plot: matplotlib is not installed "
               "(the 'bench' extra)")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from camdeploy.calibration.data import CalibrationData, pick_images
+    from camdeploy.calibration.quantize import Int8Config, quantize_int8
+    from camdeploy.metadata import read_spec
+
+    spec = read_spec(args.model)
+    excluded: list[Path] = []
+    if args.exclude_data:
+        from camdeploy.eval.datasets import open_dataset
+
+        excluded = [s.path for s in open_dataset(args.exclude_data).samples]
+    paths = pick_images(args.images, args.count, args.seed, excluded)
+    start = time.perf_counter()
+    quantize_int8(args.model, args.output, CalibrationData(paths, spec, progress=not args.no_progress),
+                  Int8Config(method=args.method, target=args.target))
+    print(f"wrote {args.output}: INT8 Q/DQ ({args.target}), {args.method} calibration on {len(paths)} images, "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from camdeploy.calibration.quantize import convert_fp16
+    from camdeploy.metadata import read_spec
+
+    read_spec(args.model)  # a camdeploy model, or a clear error
+    convert_fp16(args.model, args.output, keep_head_fp32=not args.fp16_head)
+    print(f"wrote {args.output}: FP16 backbone{'' if args.fp16_head else ', float32 heads'}, float32 inputs/outputs")
     return 0
 
 

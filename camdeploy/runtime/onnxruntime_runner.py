@@ -50,9 +50,12 @@ def read_class_weight(path: str, num_classes: int) -> np.ndarray:
 
     model = onnx.load(path)
     initializers = {t.name: t for t in model.graph.initializer}
+    casts = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast"}
     for node in model.graph.node:
-        if node.op_type == "Gather" and node.input[0] in initializers:
-            tensor = initializers[node.input[0]]
+        source = node.input[0] if node.op_type == "Gather" else ""
+        source = casts.get(source, source)  # an fp16 variant casts the stored weight back to float32
+        if source in initializers:
+            tensor = initializers[source]
             if len(tensor.dims) == 2 and tensor.dims[0] == num_classes:
                 return numpy_helper.to_array(tensor).astype(np.float32)
     raise CamdeployError(f"MODEL {path}: no [{num_classes}, C] class weight feeds a Gather; "

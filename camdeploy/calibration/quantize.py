@@ -1,0 +1,187 @@
+"""INT8 (Q/DQ) and FP16 variants of an exported camdeploy graph.
+
+INT8 is explicit quantization, the route TensorRT 10/11 and ONNX Runtime share: ONNX Runtime's
+static quantization inserts QuantizeLinear/DequantizeLinear pairs with per-channel weight scales.
+Two targets:
+
+* ``tensorrt`` (default): symmetric int8 activations and weights, every zero point 0, as
+  TensorRT requires. ONNX Runtime's x86 CPU kernels are slow on signed activations (measured in
+  benchmarks/results/PRECISION.md: 0.6-0.7x the speed of fp32 on a 2-core AVX512-VNNI EPYC), so
+  this variant is for GPUs.
+* ``cpu``: asymmetric uint8 activations with symmetric int8 weights (U8S8), which ONNX Runtime's
+  CPU kernels run fast (measured there: 1.5x fp32 at batch 16, 1.9x at batch 1); TensorRT does
+  not accept its nonzero activation zero points.
+ Only the
+backbone, every node that the ``features`` output depends on, is quantized; pooling, the linear
+head, softmax, top-k and the whole CAM head (the class-weight contraction, upsampling and
+min-max normalisation) stay in float32, so that logits, maps and boxes are computed from
+dequantized features with full-precision weights.
+
+FP16 converts the backbone to float16 with float32 inputs and outputs; the same head nodes stay
+float32, because min-max normalisation and softmax are where float16 loses most.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from camdeploy.calibration.data import CalibrationData
+from camdeploy.errors import CamdeployError
+
+METHODS = ("minmax", "entropy", "percentile")
+TARGETS = ("tensorrt", "cpu")
+CALIBRATION_FILES = "camdeploy.calibration_files"
+"""Metadata key: JSON list of the calibration images, so that evaluation can refuse them."""
+
+
+def calibration_files(model_path: str | Path) -> list[Path]:
+    """The calibration images recorded in a quantized model (empty for other models)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == CALIBRATION_FILES:
+            return [Path(p) for p in json.loads(prop.value)]
+    return []
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """Options of :func:`quantize_int8`."""
+
+    method: str = "minmax"
+    """Calibration: ``minmax``, ``entropy`` or ``percentile``."""
+    target: str = "tensorrt"
+    """``tensorrt``: symmetric int8 activations (zero points 0); ``cpu``: uint8 activations (U8S8)."""
+    percentile: float = 99.999
+    per_channel: bool = True
+    quantize_head: bool = False
+    """Quantize the nodes after ``features`` too (pooling, linear head, CAM head); off by default."""
+
+
+def backbone_nodes(model: onnx.ModelProto, output: str = "features") -> set[str]:
+    """Names of the nodes that ``output`` depends on."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    wanted, stack, seen = set(), [output], set()
+    while stack:
+        name = stack.pop()
+        node = producers.get(name)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        wanted.add(node.name)
+        stack.extend(node.input)
+    return wanted
+
+
+def head_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes that stay in float: everything that is not in the backbone."""
+    backbone = backbone_nodes(model)
+    return [n.name for n in model.graph.node if n.name not in backbone]
+
+
+def _topological(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder nodes so that each comes after the producers of its inputs (the checker requires it)."""
+    available = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    # onnxruntime's float16 converter can emit the same Cast twice (an initializer shared by two
+    # float32 nodes); keep one of identical nodes.
+    unique: dict[bytes, onnx.NodeProto] = {}
+    for node in model.graph.node:
+        key = onnx.NodeProto(op_type=node.op_type, input=node.input, output=node.output,
+                             attribute=node.attribute, domain=node.domain).SerializeToString()
+        unique.setdefault(key, node)
+    pending, ordered = list(unique.values()), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise CamdeployError("converted graph has a cycle or a dangling input; please report this model")
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    return model
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    return model
+
+
+def _write_atomically(model: onnx.ModelProto, output: Path) -> None:
+    if output.suffix != ".onnx":
+        raise CamdeployError(f"--output {output}: expected a path ending in .onnx")
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(model, str(temporary))
+        onnx.checker.check_model(str(temporary))
+        os.replace(temporary, output)
+    except OSError as exc:
+        raise CamdeployError(f"--output {output}: cannot write there ({exc.strerror or exc})") from exc
+    finally:
+        if temporary.is_file():
+            temporary.unlink()
+
+
+def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationData,
+                  config: Int8Config = Int8Config()) -> Path:
+    """Write a Q/DQ INT8 variant of ``model_path`` to ``output``, calibrated on ``data``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if config.method not in METHODS:
+        raise CamdeployError(f"--method {config.method!r}: expected one of {', '.join(METHODS)}")
+    if config.target not in TARGETS:
+        raise CamdeployError(f"--target {config.target!r}: expected one of {', '.join(TARGETS)}")
+    symmetric = config.target == "tensorrt"
+    model = _named(onnx.load(str(model_path)))
+    exclude = [] if config.quantize_head else head_nodes(model)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[config.method]
+    extra: dict[str, object] = {"WeightSymmetric": True, "CalibPercentile": config.percentile}
+    if symmetric:  # zero points 0: TensorRT accepts only symmetric int8
+        extra.update(ActivationSymmetric=True, CalibTensorRangeSymmetric=True)
+    output = Path(output)
+    root_logger = logging.getLogger()  # the quantizer advises pre-processing on the root logger
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="camdeploy-calibration-") as scratch:
+        source = Path(scratch) / "model.onnx"
+        onnx.save_model(model, str(source))
+        target = Path(scratch) / "model.int8.onnx"
+        quantize_static(str(source), str(target), data, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                        calibrate_method=method, extra_options=extra,
+                        calibration_cache_path=None)
+        quantized = onnx.load(str(target))
+    root_logger.setLevel(level)
+    onnx.helper.set_model_props(quantized, {**{p.key: p.value for p in model.metadata_props},
+                                            "camdeploy.precision": "int8",
+                                            "camdeploy.calibration": f"{config.method}, {len(data)} images, "
+                                                                     f"target {config.target}",
+                                            CALIBRATION_FILES: json.dumps([str(p.resolve()) for p in data.paths])})
+    _write_atomically(quantized, output)
+    return output
+
+
+def convert_fp16(model_path: str | Path, output: str | Path, keep_head_fp32: bool = True) -> Path:
+    """Write an FP16 variant of ``model_path``: float32 inputs and outputs, float16 backbone."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = _named(onnx.load(str(model_path)))
+    block = head_nodes(model) if keep_head_fp32 else []
+    converted = _topological(convert_float_to_float16(model, keep_io_types=True, node_block_list=block))
+    onnx.helper.set_model_props(converted, {**{p.key: p.value for p in model.metadata_props},
+                                            "camdeploy.precision": "fp16"})
+    output = Path(output)
+    _write_atomically(converted, output)
+    return output
