@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import onnx
 
 from camdeploy.calibration.data import CalibrationData
 from camdeploy.errors import CamdeployError
+from camdeploy.onnxfile import save_checked
 
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("tensorrt", "cpu")
@@ -117,19 +117,7 @@ def _named(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _write_atomically(model: onnx.ModelProto, output: Path) -> None:
-    if output.suffix != ".onnx":
-        raise CamdeployError(f"--output {output}: expected a path ending in .onnx")
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.partial")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save_model(model, str(temporary))
-        onnx.checker.check_model(str(temporary))
-        os.replace(temporary, output)
-    except OSError as exc:
-        raise CamdeployError(f"--output {output}: cannot write there ({exc.strerror or exc})") from exc
-    finally:
-        if temporary.is_file():
-            temporary.unlink()
+    save_checked(model, output, lambda path: onnx.checker.check_model(str(path)))
 
 
 def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationData,

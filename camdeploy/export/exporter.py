@@ -18,6 +18,7 @@ from camdeploy.errors import CamdeployError
 from camdeploy.export.cam_head import OUTPUT_NAMES, CamModel
 from camdeploy.export.contract import find_contract
 from camdeploy.metadata import RESIZE_MODES, ModelSpec, Normalization
+from camdeploy.onnxfile import save_checked
 
 INPUT_NAME = "images"
 UNIT_NORMALIZATION = Normalization((1 / 255,) * 3, (0.0,) * 3)  # type: ignore[arg-type]
@@ -179,15 +180,8 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike[str],
     if proto.ByteSize() >= 2**31 - 2**20:
         raise CamdeployError("the model is larger than 2 GB, the limit of a self-contained ONNX file")
 
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.partial")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save_model(proto, str(temporary), save_as_external_data=False)
-        errors = _verify(temporary, cam_model, options) if options.verify else {}
-        os.replace(temporary, output)
-    except OSError as exc:
-        raise CamdeployError(f"--output {output}: cannot write there ({exc.strerror or exc})") from exc
-    finally:
-        if temporary.is_file():
-            temporary.unlink()
+    def verify(path: Path) -> dict[str, float]:
+        return _verify(path, cam_model, options) if options.verify else {}
+
+    errors = save_checked(proto, output, verify)
     return ExportReport(output, spec, contract.shape, errors)
