@@ -219,6 +219,22 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_convert)
 
 
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check", help="would TensorRT accept this graph?",
+        description="Parse a model with TensorRT's ONNX parser and list every node it rejects, then build a "
+        "serialized engine with an optimization profile for the dynamic batch. Uses TensorRT for RTX (the "
+        "'tensorrt-rtx' extra), whose parser and builder run without a GPU, or NVIDIA's tensorrt package. "
+        "Exit status 1 when anything is rejected.")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--target", choices=("tensorrt",), default="tensorrt", help="the runtime to check for")
+    p.add_argument("--batch", type=_ints, default=(1, 8, 32), help="min,opt,max batch of the profile (default 1,8,32)")
+    p.add_argument("--no-build", action="store_true", help="parse only, do not build an engine")
+    p.add_argument("--module", choices=("tensorrt_rtx", "tensorrt"), help="TensorRT module (default: whichever "
+                   "is installed, TensorRT for RTX first)")
+    p.set_defaults(func=cmd_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camdeploy",
@@ -227,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"camdeploy {camdeploy.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_export, _add_run, _add_info, _add_demo, _add_eval, _add_bench, _add_calibrate,
-                _add_convert):
+                _add_convert, _add_check):
         add(sub)
     return parser
 
@@ -543,6 +559,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
     convert_fp16(args.model, args.output, keep_head_fp32=not args.fp16_head)
     print(f"wrote {args.output}: FP16 backbone{'' if args.fp16_head else ', float32 heads'}, float32 inputs/outputs")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from camdeploy.runtime.tensorrt_check import check_tensorrt
+
+    if len(args.batch) != 3:
+        raise CamdeployError(f"--batch {args.batch}: expected three numbers min,opt,max")
+    if not Path(args.model).is_file():
+        raise CamdeployError(f"MODEL {args.model}: no such file")
+    report = check_tensorrt(args.model, build=not args.no_build, batch=args.batch, module=args.module)
+    print(f"{args.model}: checked with {report.module} {report.version}")
+    for issue in report.issues:
+        print(f"  rejected: node {issue.node} ({issue.operator}): {issue.description}")
+    if report.build_error:
+        print(f"  engine build failed: {report.build_error}")
+    if report.engine_bytes is not None:
+        print(f"  engine built: {report.engine_bytes / 2**20:.1f} MiB, batch profile {args.batch}")
+    if report.ok:
+        print("  OK: TensorRT's parser accepts every node" + ("" if args.no_build else " and the engine builds"))
+    return 0 if report.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,18 @@ def gpu_reason() -> str | None:
     return None
 
 
+def tensorrt_reason() -> str | None:
+    """Why TensorRT tests cannot run here, or None when a TensorRT module imports."""
+    from camdeploy.errors import CamdeployError
+    from camdeploy.runtime.tensorrt_check import load_tensorrt
+
+    try:
+        load_tensorrt()
+    except CamdeployError as exc:
+        return str(exc)
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     data_skip = pytest.mark.skip(reason=f"real data folder {DEV} is absent (it sits beside the repo "
                                  "as ../shared/data, or set CAMDEPLOY_DATA)")
@@ -36,6 +48,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "data" in item.keywords and not (DEV / "annotations.json").is_file():
             item.add_marker(data_skip)
+        if "tensorrt" in item.keywords and tensorrt_reason():
+            item.add_marker(pytest.mark.skip(reason=tensorrt_reason()))
         if "gpu" in item.keywords:
             reason = reason or gpu_reason()
             if reason:

@@ -136,7 +136,8 @@ def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationD
               "percentile": CalibrationMethod.Percentile}[config.method]
     extra: dict[str, object] = {"WeightSymmetric": True, "CalibPercentile": config.percentile}
     if symmetric:  # zero points 0: TensorRT accepts only symmetric int8
-        extra.update(ActivationSymmetric=True, CalibTensorRangeSymmetric=True)
+        # TensorRT dequantizes only 8-bit (and narrower) tensors: int32 biases stay float.
+        extra.update(ActivationSymmetric=True, CalibTensorRangeSymmetric=True, QuantizeBias=False)
     output = Path(output)
     root_logger = logging.getLogger()  # the quantizer advises pre-processing on the root logger
     level = root_logger.level

@@ -1,0 +1,59 @@
+"""Every exported variant parses and builds a TensorRT engine (TensorRT for RTX, no GPU needed)."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from camdeploy.calibration.data import CalibrationData
+from camdeploy.calibration.quantize import convert_fp16, quantize_int8
+from camdeploy.cli import main
+from camdeploy.metadata import read_spec
+from camdeploy.runtime.tensorrt_check import check_tensorrt
+
+pytestmark = pytest.mark.tensorrt
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    import cv2
+    from tiny_models import TorchvisionStyle, seeded
+
+    from camdeploy.export.exporter import ExportOptions, export_onnx
+
+    folder = tmp_path_factory.mktemp("trt")
+    fp32 = folder / "fp32.onnx"
+    export_onnx(seeded(TorchvisionStyle()), fp32, ExportOptions(input_size=(32, 32), topk=3, source_model="tiny"))
+    images = []
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        images.append(folder / f"{i}.png")
+        cv2.imwrite(str(images[-1]), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    data = CalibrationData(images, read_spec(str(fp32)), progress=False)
+    return {"fp32": fp32, "int8": quantize_int8(fp32, folder / "int8.onnx", data),
+            "fp16": convert_fp16(fp32, folder / "fp16.onnx")}
+
+
+@pytest.mark.parametrize("name", ["fp32", "int8", "fp16"])
+def test_every_variant_builds_an_engine(variants, name):
+    report = check_tensorrt(variants[name], batch=(1, 4, 8))
+    assert report.issues == [] and report.build_error is None
+    assert report.engine_bytes and report.engine_bytes > 0
+
+
+def test_the_real_model_builds(lite0_onnx, capsys):
+    assert main(["check", str(lite0_onnx)]) == 0
+    assert "engine built" in capsys.readouterr().out
+
+
+def test_rejected_nodes_are_listed(tmp_path, capsys):
+    # An int32 tensor fed to DequantizeLinear, as ONNX Runtime writes quantized biases: TensorRT
+    # dequantizes only 8-bit and narrower types.
+    x = helper.make_tensor("x", TensorProto.INT32, [2], [1, 2])
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])
+    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["x", "s"], ["y"], name="bias_dq")], "g",
+                              [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [x, scale])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    assert main(["check", str(path)]) == 1
+    assert "rejected: node bias_dq (DequantizeLinear)" in capsys.readouterr().out
