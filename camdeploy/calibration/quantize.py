@@ -6,11 +6,11 @@ Two targets:
 
 * ``tensorrt`` (default): symmetric int8 activations and weights, every zero point 0, as
   TensorRT requires. ONNX Runtime's x86 CPU kernels are slow on signed activations (measured in
-  benchmarks/results/PRECISION.md: 0.6-0.7x the speed of fp32 on a 2-core AVX512-VNNI EPYC), so
-  this variant is for GPUs.
+  benchmarks/results/PRECISION.md: about 0.7x the speed of fp32 on a 2-core AVX512-VNNI EPYC),
+  so this variant is for GPUs.
 * ``cpu``: asymmetric uint8 activations with symmetric int8 weights (U8S8), which ONNX Runtime's
-  CPU kernels run fast (measured there: 1.5x fp32 at batch 16, 1.9x at batch 1); TensorRT does
-  not accept its nonzero activation zero points.
+  CPU kernels run fast (measured there: 1.3-1.9x fp32, varying between runs); TensorRT does not
+  accept its nonzero activation zero points.
  Only the
 backbone, every node that the ``features`` output depends on, is quantized; pooling, the linear
 head, softmax, top-k and the whole CAM head (the class-weight contraction, upsampling and
