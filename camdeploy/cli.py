@@ -57,6 +57,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="tau: boxes cover the largest region with cam >= tau * max (default 0.2)")
     p.add_argument("--resize", choices=("stretch", "crop"), default="stretch",
                    help="default image resize stored in the model (default: stretch)")
+    p.add_argument("--boxes", choices=("auto", "graph", "host"), default="auto",
+                   help="graph: the box rule inside the graph too (outputs boxes, boxes_exact), exact and "
+                   "TensorRT-compatible; host: boxes only by the runtime's OpenCV rule; auto (default): graph "
+                   "unless the map has more row segments than TensorRT's TopK allows (3840)")
     p.add_argument("--feature-module", help="override: name of the last feature module")
     p.add_argument("--linear-module", help="override: name of the linear head")
     p.add_argument("--pooling", choices=("avg", "max"), help="global pooling (default: detected)")
@@ -285,12 +289,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         input_size=source.input_size, normalization=source.normalization, class_names=names,
         topk=args.topk, box_threshold=args.box_threshold, source_model=source.name,
         resize=args.resize, feature_module=args.feature_module, linear_module=args.linear_module,
-        pooling=args.pooling, verify=not args.no_verify))
+        pooling=args.pooling, boxes=args.boxes, verify=not args.no_verify))
     print(f"wrote {report.path} ({report.path.stat().st_size / 2**20:.1f} MiB) in "
           f"{time.perf_counter() - start:.1f} s")
     print(f"  contract: {report.contract}, global {report.spec.pooling} pooling, "
           f"{len(report.spec.class_names)} classes, input {report.spec.input_height}x"
           f"{report.spec.input_width}, top-{report.spec.topk}")
+    print(f"  {report.boxes_note}")
     if report.max_abs_error:
         errors = ", ".join(f"{k} {v:.2g}" for k, v in report.max_abs_error.items())
         print(f"  verified on ONNX Runtime against PyTorch, max |diff|: {errors}")

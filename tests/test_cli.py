@@ -96,7 +96,8 @@ def test_export_run_info_with_a_user_model(user_model_dir, capsys):
 
     assert main(["info", "m/user.onnx", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert [o["name"] for o in info["outputs"]] == ["logits", "features", "classes", "scores", "cams"]
+    assert [o["name"] for o in info["outputs"]] == ["logits", "features", "classes", "scores", "cams", "boxes",
+                                                    "boxes_exact"]
     assert info["outputs"][4]["shape"][1:] == [2, 32, 32]
     assert info["metadata"]["camdeploy.source_model"] == "mymodels:build"
     assert main(["info", "m/user.onnx"]) == 0

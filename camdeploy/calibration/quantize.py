@@ -85,8 +85,28 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name not in backbone]
 
 
+def _outer_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph (a Loop or If body) reads from the enclosing graph."""
+    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(_node_inputs(node))
+        local.update(node.output)
+    return used - local
+
+
+def _node_inputs(node: onnx.NodeProto) -> set[str]:
+    """A node's inputs, including what its subgraphs read from outside them."""
+    names = set(node.input)
+    for attribute in node.attribute:
+        for graph in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+            names |= _outer_inputs(graph)
+    return names
+
+
 def _topological(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Reorder nodes so that each comes after the producers of its inputs (the checker requires it)."""
+    """Reorder nodes so that each comes after the producers of its inputs (the checker requires it),
+    counting what Loop and If bodies read from the main graph as inputs of those nodes."""
     available = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
     # onnxruntime's float16 converter can emit the same Cast twice (an initializer shared by two
     # float32 nodes); keep one of identical nodes.
@@ -96,8 +116,9 @@ def _topological(model: onnx.ModelProto) -> onnx.ModelProto:
                              attribute=node.attribute, domain=node.domain).SerializeToString()
         unique.setdefault(key, node)
     pending, ordered = list(unique.values()), []
+    inputs = {id(n): _node_inputs(n) for n in pending}
     while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
+        ready = [n for n in pending if all(i in available for i in inputs[id(n)])]
         if not ready:
             raise CamdeployError("converted graph has a cycle or a dangling input; please report this model")
         for node in ready:
@@ -158,7 +179,7 @@ def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationD
                                             "camdeploy.calibration": f"{config.method}, {len(data)} images, "
                                                                      f"target {config.target}",
                                             CALIBRATION_FILES: json.dumps([str(p.resolve()) for p in data.paths])})
-    _write_atomically(quantized, output)
+    _write_atomically(_topological(quantized), output)  # the quantizer's order ignores Loop bodies
     return output
 
 

@@ -17,12 +17,21 @@ import camdeploy
 from camdeploy.errors import CamdeployError
 from camdeploy.export.cam_head import OUTPUT_NAMES, CamModel
 from camdeploy.export.contract import find_contract
+from camdeploy.export.graph_boxes import (
+    BOXES_OUTPUTS,
+    TENSORRT_TOPK_LIMIT,
+    BandLayout,
+    add_graph_boxes,
+    node_count,
+    upsample_bands,
+)
 from camdeploy.metadata import RESIZE_MODES, ModelSpec, Normalization
 from camdeploy.onnxfile import save_checked
 
 INPUT_NAME = "images"
 UNIT_NORMALIZATION = Normalization((1 / 255,) * 3, (0.0,) * 3)  # type: ignore[arg-type]
 OPSET = 18
+BOX_MODES = ("auto", "graph", "host")
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,10 @@ class ExportOptions:
     linear_module: str | None = None
     pooling: str | None = None
     """``avg`` or ``max``; detected when None."""
+    boxes: str = "auto"
+    """``graph``: add the box rule to the graph (outputs ``boxes``, ``boxes_exact``); ``host``: leave
+    boxes to the runtime's OpenCV rule; ``auto``: graph when TensorRT can build it (at most
+    3840 row segments per map), else host."""
     verify: bool = True
     verify_batches: tuple[int, ...] = (1, 3)
     opset: int = OPSET
@@ -55,6 +68,9 @@ class ExportReport:
     spec: ModelSpec
     contract: str
     max_abs_error: dict[str, float] = field(default_factory=dict)
+    graph_boxes: bool = False
+    """Whether the graph computes boxes (outputs ``boxes`` and ``boxes_exact``)."""
+    boxes_note: str = ""
 
 
 # Verification tolerances, fp32: logits and features in units of their magnitude, cams absolute.
@@ -66,6 +82,8 @@ def _validate(options: ExportOptions, num_classes: int) -> None:
         raise CamdeployError(f"--topk {options.topk}: expected 1..{num_classes} (the model's classes)")
     if not 0.0 <= options.box_threshold <= 1.0:
         raise CamdeployError(f"--box-threshold {options.box_threshold}: expected a value in [0, 1]")
+    if options.boxes not in BOX_MODES:
+        raise CamdeployError(f"--boxes {options.boxes!r}: expected one of {', '.join(BOX_MODES)}")
     if options.resize not in RESIZE_MODES:
         raise CamdeployError(f"--resize {options.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
     if options.class_names is not None and len(options.class_names) != num_classes:
@@ -138,7 +156,25 @@ def _verify(path: Path, cam_model: CamModel, options: ExportOptions) -> dict[str
                     f"verification failed: output {name!r} differs between ONNX Runtime and PyTorch "
                     f"by up to {error:.3g} at batch {batch} (tolerance {TOLERANCE[name] * scale:.3g})"
                 )
+    if any(o.name == "boxes" for o in onnx.load(str(path), load_external_data=False).graph.output):
+        worst["boxes"] = _verify_boxes(session, options)
     return worst
+
+
+def _verify_boxes(session: object, options: ExportOptions) -> float:
+    """The graph's boxes must equal the host rule's on the graph's own CAMs (where it says exact)."""
+    from camdeploy.runtime.boxes import cam_boxes
+
+    generator = torch.Generator().manual_seed(99)
+    x = torch.randn(4, 3, *options.input_size, generator=generator).numpy()
+    cams, boxes, exact = session.run(["cams", *BOXES_OUTPUTS], {INPUT_NAME: x})  # type: ignore[attr-defined]
+    host = cam_boxes(cams, options.box_threshold)
+    wrong = ~(boxes == host).all(axis=-1) & exact
+    if wrong.any():
+        n, t = np.argwhere(wrong)[0]
+        raise CamdeployError(f"verification failed: the graph's box {boxes[n, t].tolist()} differs from the host "
+                             f"rule's {host[n, t].tolist()} (image {n}, class rank {t})")
+    return float((~exact).mean())
 
 
 def export_onnx(model: torch.nn.Module, output: str | os.PathLike[str],
@@ -180,8 +216,29 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike[str],
     if proto.ByteSize() >= 2**31 - 2**20:
         raise CamdeployError("the model is larger than 2 GB, the limit of a self-contained ONNX file")
 
+    graph_boxes, note = _box_plan(cam_model, options, topk)
+    if graph_boxes is not None:
+        add_graph_boxes(proto, feature_width=graph_boxes, topk=topk, threshold=options.box_threshold)
+
     def verify(path: Path) -> dict[str, float]:
         return _verify(path, cam_model, options) if options.verify else {}
 
     errors = save_checked(proto, output, verify)
-    return ExportReport(output, spec, contract.shape, errors)
+    return ExportReport(output, spec, contract.shape, errors, graph_boxes is not None, note)
+
+
+def _box_plan(cam_model: CamModel, options: ExportOptions, topk: int) -> tuple[int | None, str]:
+    """Feature width to build graph boxes from (None: host boxes), and a note on the choice."""
+    if options.boxes == "host":
+        return None, "boxes: host (OpenCV at run time)"
+    with torch.inference_mode():
+        feature_width = int(cam_model.features(torch.zeros(1, 3, *options.input_size)).shape[-1])
+    height, width = options.input_size
+    nodes = node_count(height, BandLayout.from_band_of_column(upsample_bands(feature_width, width)))
+    if nodes <= TENSORRT_TOPK_LIMIT:
+        return feature_width, f"boxes: in the graph ({nodes} row segments per map)"
+    why = (f"{nodes} row segments per map ({height} rows x bands from {feature_width} feature columns) "
+           f"exceed TensorRT's TopK limit of {TENSORRT_TOPK_LIMIT}")
+    if options.boxes == "graph":
+        raise CamdeployError(f"--boxes graph: {why}; use --boxes host, or a smaller --input-size")
+    return None, f"boxes: host ({why})"

@@ -2,7 +2,7 @@
 
 For a min-max normalised CAM ``M`` (``[H, W]``, values in [0, 1]) and threshold ``tau``:
 
-1. ``mask = M >= tau * max(M)``;
+1. ``mask = M >= tau * max(M)``, the product taken in float32 (as the exported graph does);
 2. label the 8-connected components of ``mask``;
 3. keep the component with the largest pixel count; on a tie, the one whose first pixel comes
    first in raster order (row by row, left to right);
@@ -37,7 +37,7 @@ def cam_box(cam: np.ndarray, threshold: float = 0.2) -> np.ndarray:
     peak = float(np.max(cam))
     if not np.isfinite(peak):
         return np.array([0, 0, width, height], dtype=np.float32)
-    mask = (cam >= threshold * peak).astype(np.uint8)
+    mask = (cam >= np.float32(threshold) * np.float32(peak)).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8,
                                                                ltype=cv2.CV_32S)
     if count <= 1:  # no foreground: cannot happen for a finite map, kept for safety

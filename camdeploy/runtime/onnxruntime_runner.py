@@ -8,7 +8,7 @@ import numpy as np
 
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec, read_spec
-from camdeploy.runtime.runner import Runner
+from camdeploy.runtime.runner import Runner, resolve_box_path
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -16,6 +16,10 @@ PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 _OUTPUTS = ["logits", "classes", "scores", "cams"]
+GRAPH_BOXES_FASTER = {"cpu": False, "cuda": True, "tensorrt": True}
+"""Default box path per provider (``--box-path auto``). CPU: measured by ``camdeploy bench``
+(benchmarks/results/RESULTS.md), where the OpenCV rule is faster; on a GPU the graph's boxes
+avoid copying every CAM back to the host."""
 
 
 def usable_cpus() -> int:
@@ -85,12 +89,17 @@ class OnnxRuntimeRunner(Runner):
         threads: intra-op threads; default: the CPUs this process may use.
         box_threshold: overrides the threshold stored in the model.
         spec: the model's :class:`ModelSpec`, if already read.
+        box_path: ``graph`` (the graph's ``boxes`` output), ``host`` (OpenCV; the box nodes are
+            then cut from the graph before loading, so that they cost nothing) or ``auto``
+            (default): the faster of the two for the provider, :data:`GRAPH_BOXES_FASTER`.
+        trt_batch: ``(min, opt, max)`` batch of the TensorRT provider's optimization profile.
     """
 
     name = "ort"
 
     def __init__(self, path: str | os.PathLike[str], provider: str = "cpu", threads: int | None = None,
-                 box_threshold: float | None = None, spec: ModelSpec | None = None):
+                 box_threshold: float | None = None, spec: ModelSpec | None = None, box_path: str = "auto",
+                 trt_batch: tuple[int, int, int] = (1, 8, 32)):
         self.path = str(path)
         super().__init__(spec or read_spec(self.path), box_threshold)
         if provider not in PROVIDERS:
@@ -99,6 +108,9 @@ class OnnxRuntimeRunner(Runner):
             raise CamdeployError(f"--threads {threads}: expected a positive number")
         self.provider = provider
         self.threads = threads
+        self.box_path_choice = box_path
+        self.box_path = "host"
+        self.trt_batch = trt_batch
         self._session = None
         self._weight: np.ndarray | None = None
 
@@ -120,8 +132,13 @@ class OnnxRuntimeRunner(Runner):
         # TensorRT hands the nodes it cannot take to CUDA, then CPU, as ONNX Runtime recommends.
         providers = {"cpu": [wanted], "cuda": [wanted, "CPUExecutionProvider"],
                      "tensorrt": [wanted, "CUDAExecutionProvider", "CPUExecutionProvider"]}[self.provider]
+        model = self._load_model()
+        options_per_provider: list[dict[str, str]] = [{} for _ in providers]
+        if self.provider == "tensorrt":
+            options_per_provider[0] = self._tensorrt_options()
         try:
-            session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
+            session = ort.InferenceSession(model, sess_options=options, providers=providers,
+                                           provider_options=options_per_provider)
         except Exception as exc:
             raise CamdeployError(f"MODEL {self.path}: ONNX Runtime cannot load it ({exc})") from exc
         if wanted not in session.get_providers():
@@ -131,6 +148,39 @@ class OnnxRuntimeRunner(Runner):
             )
         self._session = session
         self.is_open = True
+
+    def _load_model(self) -> str | bytes:
+        """The path to load, or the serialized graph with the box nodes cut out for the host path."""
+        import onnx
+
+        try:
+            proto = onnx.load(self.path)
+        except Exception as exc:
+            raise CamdeployError(f"MODEL {self.path}: not a readable ONNX file ({exc})") from exc
+        has_boxes = any(o.name == "boxes" for o in proto.graph.output)
+        self.box_path = resolve_box_path(self.box_path_choice, has_boxes, GRAPH_BOXES_FASTER[self.provider],
+                                         self.box_threshold == self.spec.box_threshold, self.path)
+        if has_boxes and self.box_path == "host":
+            from camdeploy.export.graph_boxes import strip_graph_boxes
+
+            return strip_graph_boxes(proto).SerializeToString()
+        return self.path
+
+    def _tensorrt_options(self) -> dict[str, str]:
+        """ONNX Runtime's TensorRT provider: an engine cache beside our own, and a batch profile."""
+        from camdeploy.cache import cache_dir
+
+        folder = cache_dir() / "ort-tensorrt"
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = self.spec.input_height, self.spec.input_width
+        low, opt, high = self.trt_batch
+        return {
+            "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder),
+            "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(folder),
+            "trt_profile_min_shapes": f"images:{low}x3x{h}x{w}",
+            "trt_profile_opt_shapes": f"images:{opt}x3x{h}x{w}",
+            "trt_profile_max_shapes": f"images:{high}x3x{h}x{w}",
+        }
 
     def close(self) -> None:
         self._session = None
@@ -147,7 +197,9 @@ class OnnxRuntimeRunner(Runner):
         return list(self._session.run(names, {"images": images}))
 
     def _run(self, images: np.ndarray, features: bool) -> dict[str, np.ndarray]:
-        names = [*_OUTPUTS, "features"] if features else _OUTPUTS
+        names = [*_OUTPUTS, "features"] if features else list(_OUTPUTS)
+        if self.box_path == "graph":
+            names += ["boxes", "boxes_exact"]
         return dict(zip(names, self.run_outputs(names, images), strict=True))
 
     def class_weight(self) -> np.ndarray:

@@ -10,17 +10,38 @@ import numpy as np
 
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec
-from camdeploy.runtime.boxes import cam_boxes
+from camdeploy.runtime.boxes import cam_box, cam_boxes
 from camdeploy.runtime.images import Frame
 from camdeploy.runtime.result import CamResult
+
+BOX_PATHS = ("auto", "graph", "host")
+
+
+def resolve_box_path(choice: str, has_graph_boxes: bool, graph_faster: bool, threshold_matches: bool,
+                     model: str) -> str:
+    """``graph`` or ``host`` for a ``--box-path`` choice; ``auto`` picks ``graph_faster``'s path."""
+    if choice not in BOX_PATHS:
+        raise CamdeployError(f"--box-path {choice!r}: expected one of {', '.join(BOX_PATHS)}")
+    if choice == "graph" and not has_graph_boxes:
+        raise CamdeployError(f"--box-path graph: MODEL {model} has no boxes output; re-export it with "
+                             "`camdeploy export --boxes graph`")
+    if choice == "graph" and not threshold_matches:
+        raise CamdeployError("--box-path graph: the graph's boxes use the model's own threshold; drop "
+                             "--box-threshold or use --box-path host")
+    if choice == "auto":
+        return "graph" if has_graph_boxes and graph_faster and threshold_matches else "host"
+    return choice
 
 
 class Runner(ABC):
     """Base class of all backends.
 
     Subclasses implement :meth:`open`, :meth:`close`, :meth:`class_weight` and :meth:`_run`, which
-    maps a preprocessed batch to ``logits, classes, scores, cams`` (and ``features`` when asked);
-    boxes are computed here, once for every backend, by :func:`camdeploy.runtime.boxes.cam_boxes`.
+    maps a preprocessed batch to ``logits, classes, scores, cams`` (and ``features`` when asked),
+    plus ``boxes`` and ``boxes_exact`` when the graph computes them. Otherwise boxes are computed
+    here, once for every backend, by :func:`camdeploy.runtime.boxes.cam_boxes`; so are the boxes of
+    any map the graph flags as not exact (a run broken by rounding, see
+    :mod:`camdeploy.export.graph_boxes`).
     """
 
     name = "runner"
@@ -63,8 +84,14 @@ class Runner(ABC):
             )
         images = np.ascontiguousarray(images, dtype=np.float32)
         out = self._run(images, features)
+        if "boxes" in out:
+            boxes = np.array(out["boxes"], dtype=np.float32)
+            for n, t in np.argwhere(~out["boxes_exact"].astype(bool)):
+                boxes[n, t] = cam_box(out["cams"][n, t], self.box_threshold)
+        else:
+            boxes = cam_boxes(out["cams"], self.box_threshold)
         return CamResult(out["logits"], out["classes"].astype(np.int64), out["scores"], out["cams"],
-                         cam_boxes(out["cams"], self.box_threshold), out.get("features"))
+                         boxes, out.get("features"))
 
     def infer_images(self, images: np.ndarray, frames: Sequence[Frame], features: bool = False) -> CamResult:
         """Run a preprocessed batch; boxes are mapped to original-image pixels through ``frames``."""

@@ -114,3 +114,24 @@ def test_fp16_keeps_float32_io_and_matches(tiny, tmp_path):
         a, b = fp32.infer(x), fp16.infer(x)
     np.testing.assert_allclose(a.logits, b.logits, atol=2e-2 * np.abs(a.logits).max())
     assert b.cams.dtype == np.float32 and float(b.cams.max()) <= 1.0
+
+
+@pytest.mark.parametrize("variant", ["int8-tensorrt", "int8-cpu", "fp16"])
+def test_variants_keep_the_box_graph_float_and_exact(tiny, tmp_path, variant):
+    from camdeploy.runtime.boxes import cam_boxes
+
+    path, images = tiny
+    out = tmp_path / f"{variant}.onnx"
+    if variant == "fp16":
+        convert_fp16(path, out)
+    else:
+        data = CalibrationData(images[:16], read_spec(str(path)), progress=False)
+        quantize_int8(path, out, data, Int8Config(target=variant.split("-")[1]))
+    model = onnx.load(str(out))
+    box_nodes = [n for n in model.graph.node if n.name.startswith("boxes_")]
+    assert box_nodes and not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in box_nodes)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(8).normal(size=(8, 3, *SIZE)).astype(np.float32)
+    cams, boxes, exact = session.run(["cams", "boxes", "boxes_exact"], {"images": x})
+    assert exact.all()
+    np.testing.assert_array_equal(boxes, cam_boxes(cams, 0.2))

@@ -46,7 +46,9 @@ def test_graph_interface_and_self_contained_file(tiny_export):
     _, path, report = tiny_export
     proto = onnx.load(str(path))
     assert [i.name for i in proto.graph.input] == ["images"]
-    assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
+    assert [o.name for o in proto.graph.output] == [*OUTPUT_NAMES, "boxes", "boxes_exact"]
+    assert report.graph_boxes and "in the graph" in report.boxes_note
+    assert report.max_abs_error["boxes"] == 0.0, "every verification map was handled exactly"
     batch_dims = {o.type.tensor_type.shape.dim[0].dim_param for o in proto.graph.output}
     assert len(batch_dims) == 1 and batch_dims != {""}, "batch dimension must be dynamic"
     assert list(path.parent.iterdir()) == [path], "no external data or temporary files"
@@ -125,3 +127,38 @@ def test_bad_options_are_refused_before_writing(tmp_path, options, output, messa
     with pytest.raises(CamdeployError, match=message):
         export_onnx(seeded(TorchvisionStyle()), tmp_path / output, options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_graph_boxes_equal_host_boxes_of_the_graph_cams(tiny_export):
+    from camdeploy.runtime.boxes import cam_boxes
+
+    _, path, _ = tiny_export
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(4).normal(size=(16, 3, *SIZE)).astype(np.float32)
+    cams, boxes, exact = session.run(["cams", "boxes", "boxes_exact"], {"images": x})
+    assert exact.all()
+    np.testing.assert_array_equal(boxes, cam_boxes(cams, 0.2))
+
+
+def test_host_boxes_leave_the_graph_without_box_outputs(tmp_path):
+    path = tmp_path / "host.onnx"
+    report = export_onnx(seeded(TorchvisionStyle()), path, ExportOptions(
+        input_size=SIZE, topk=3, source_model="tiny", boxes="host"))
+    assert [o.name for o in onnx.load(str(path)).graph.output] == list(OUTPUT_NAMES)
+    assert not report.graph_boxes and "host" in report.boxes_note
+
+
+def test_graph_boxes_beyond_the_tensorrt_topk_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(exporter, "TENSORRT_TOPK_LIMIT", 10)
+    with pytest.raises(CamdeployError, match=r"--boxes graph: .* exceed TensorRT's TopK limit of 10"):
+        export_onnx(seeded(TorchvisionStyle()), tmp_path / "g.onnx", ExportOptions(
+            input_size=SIZE, topk=3, source_model="tiny", boxes="graph"))
+    assert not list(tmp_path.iterdir())
+    report = export_onnx(seeded(TorchvisionStyle()), tmp_path / "a.onnx", ExportOptions(
+        input_size=SIZE, topk=3, source_model="tiny"))
+    assert not report.graph_boxes and "exceed" in report.boxes_note
+
+
+def test_unknown_box_mode_is_refused(tmp_path):
+    with pytest.raises(CamdeployError, match=r"--boxes 'gpu': expected one of auto, graph, host"):
+        export_onnx(seeded(TorchvisionStyle()), tmp_path / "x.onnx", ExportOptions(input_size=SIZE, boxes="gpu"))

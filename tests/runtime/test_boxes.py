@@ -175,10 +175,10 @@ def test_diagonal_neighbours_are_connected(rows, expected):
 
 
 def test_pixel_exactly_at_threshold_is_included():
-    cam = np.zeros((3, 6), dtype=np.float64)
+    cam = np.zeros((3, 6), dtype=np.float32)  # maps are float32, and so is tau * max
     cam[1, 1] = 1.0
-    cam[1, 2] = 0.2  # exactly tau * max
-    cam[1, 3] = np.nextafter(0.2, 0.0)  # just below: excluded
+    cam[1, 2] = np.float32(0.2)  # exactly tau * max
+    cam[1, 3] = np.nextafter(np.float32(0.2), np.float32(0.0))  # just below: excluded
     np.testing.assert_array_equal(cam_box(cam, 0.2), [1, 1, 3, 2])
 
 

@@ -12,7 +12,7 @@ from camdeploy.errors import CamdeployError
 from camdeploy.export.exporter import ExportOptions, export_onnx
 from camdeploy.runtime.boxes import cam_boxes
 from camdeploy.runtime.images import Frame
-from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from camdeploy.runtime.onnxruntime_runner import GRAPH_BOXES_FASTER, OnnxRuntimeRunner
 from camdeploy.runtime.pipeline import RunOptions, run_files
 from camdeploy.runtime.torch_runner import TorchRunner
 
@@ -53,6 +53,54 @@ def test_box_threshold_override_changes_boxes(tiny):
     np.testing.assert_array_equal(b.boxes, cam_boxes(b.cams, 0.9))
     areas = lambda r: (r.boxes[..., 2] - r.boxes[..., 0]) * (r.boxes[..., 3] - r.boxes[..., 1])  # noqa: E731
     assert np.all(areas(b) <= areas(a)) and np.any(areas(b) < areas(a))
+
+
+def test_box_paths_give_the_same_boxes(tiny):
+    _, path, _ = tiny
+    x = batch(6, seed=5)
+    with OnnxRuntimeRunner(path, box_path="graph") as graph, OnnxRuntimeRunner(path, box_path="host") as host:
+        a, b = graph.infer(x), host.infer(x)
+        assert (graph.box_path, host.box_path) == ("graph", "host")
+        assert "boxes" not in [o.name for o in host._session.get_outputs()], "host path cuts the box nodes"
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.cams, b.cams)
+
+
+def test_auto_box_path_per_provider_and_threshold(tiny):
+    _, path, _ = tiny
+    with OnnxRuntimeRunner(path) as cpu, OnnxRuntimeRunner(path, box_threshold=0.5) as override:
+        assert cpu.box_path == ("graph" if GRAPH_BOXES_FASTER["cpu"] else "host")
+        assert override.box_path == "host", "the graph's boxes are for the model's own threshold"
+    assert GRAPH_BOXES_FASTER["tensorrt"] and GRAPH_BOXES_FASTER["cuda"]
+
+
+def test_graph_box_path_errors(tiny, tmp_path):
+    _, path, _ = tiny
+    with pytest.raises(CamdeployError, match="--box-path graph: the graph's boxes use the model's own threshold"):
+        OnnxRuntimeRunner(path, box_threshold=0.5, box_path="graph").open()
+    host_only = tmp_path / "host.onnx"
+    export_onnx(seeded(TorchvisionStyle()), host_only, ExportOptions(input_size=SIZE, topk=3, boxes="host"))
+    with pytest.raises(CamdeployError, match="has no boxes output; re-export it with `camdeploy export --boxes graph`"):
+        OnnxRuntimeRunner(host_only, box_path="graph").open()
+    with pytest.raises(CamdeployError, match="--box-path 'fast': expected one of auto, graph, host"):
+        OnnxRuntimeRunner(path, box_path="fast").open()
+
+
+def test_maps_the_graph_flags_are_boxed_on_the_host(tiny, monkeypatch):
+    _, path, _ = tiny
+    x = batch(3, seed=6)
+    with OnnxRuntimeRunner(path, box_path="graph") as runner:
+        real = runner.run_outputs
+
+        def flagged(names, images):
+            out = dict(zip(names, real(names, images), strict=True))
+            out["boxes"] = np.full_like(out["boxes"], -1.0)  # wrong wherever the host does not step in
+            out["boxes_exact"] = np.zeros_like(out["boxes_exact"])
+            return [out[n] for n in names]
+
+        monkeypatch.setattr(runner, "run_outputs", flagged)
+        result = runner.infer(x)
+    np.testing.assert_array_equal(result.boxes, cam_boxes(result.cams, 0.2))
 
 
 def test_infer_images_maps_boxes_to_original_pixels(tiny):

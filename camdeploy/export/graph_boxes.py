@@ -1,0 +1,405 @@
+"""The box rule inside the ONNX graph: exact largest 8-connected component, in TensorRT-safe ops.
+
+The host rule (:func:`camdeploy.runtime.boxes.cam_box`) thresholds each CAM at ``tau * max`` and
+keeps the bounding box of the largest 8-connected component of the mask (ties: the component
+whose first pixel comes first in raster order; no foreground at all: the whole frame). This
+module builds the same rule from plain ONNX operators, so that the whole pipeline is one graph.
+
+**Nodes instead of pixels.** The CAMs are bilinear upsamplings of ``[h, w]`` maps. Within one
+output row, the columns that interpolate between the same two source columns (a *band*) carry a
+linear function of the column, so the mask restricted to one band of one row is a single run of
+pixels (or empty). Components are therefore computed over *row segments*: node ``(row, band)``
+holds that run (first column, last column, pixel count), which is the mask at full resolution,
+losslessly. For Lite0 at 224x224 that is 224 x 7 = 1568 nodes per map instead of 50176 pixels.
+Rounding in the upsampling could in principle break a run in two where the map is flat to the
+last bit at the threshold; the graph checks every run (sum and sum of squares of the column
+offsets must be those of consecutive integers) and reports, per map, ``boxes_exact``: where it is
+false, the runtime falls back to the host rule for that map. With ``bands`` of width 1 the nodes
+are single pixels and any map is handled exactly (used by the tests on adversarial maps).
+
+**Steps** (``M = N * T`` maps, ``P`` nodes per map, everything batched):
+
+1. ``mask = cam >= float32(tau) * max(cam)``; one ``MatMul`` of the mask with a constant
+   ``[W, 3 * bands]`` matrix gives count, first and second moments of the run of every node.
+2. Node ``p`` and its 8 neighbours (same row, left and right band; row above and below, bands
+   -1, 0, +1) are connected when both are non-empty and their column intervals touch or overlap
+   (``lo' <= hi + 1`` and ``lo <= hi' + 1``): 8-connectivity of pixels, exactly.
+3. Labels: node index + 1. A ``Loop`` propagates the maximum label over connected neighbours
+   (``Gather`` of a constant neighbour table) and then jumps pointers (``label = label[label]``
+   through ``GatherElements``), until nothing changes. Labels only grow, stay inside their
+   component, and a fixed point is constant on each component: the result is exact whatever the
+   number of rounds; pointer jumping makes the number of rounds logarithmic in practice.
+4. Areas without scatter reductions (which TensorRT lacks): sort the labels (``TopK`` with
+   ``K = P``, which TensorRT allows up to 3840), then a segmented doubling scan sums the pixel
+   counts and keeps the smallest first-pixel index within each run of equal labels.
+5. The winner has the largest area, then the smallest first pixel; its box is the min/max of its
+   nodes' rows and columns, in pixel-edge coordinates of the map.
+
+Operators used: ReduceMax/Min (axes as initializers), GreaterOrEqual, Cast, MatMul, Slice,
+Concat, Gather, GatherElements, Loop (condition-driven, no scan outputs), TopK, Equal, Where,
+ArgMin, Reshape and elementwise arithmetic: all in onnx-tensorrt's support list; tests build a
+TensorRT(-RTX) engine from every variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from camdeploy.errors import CamdeployError
+
+BOXES_OUTPUTS = ("boxes", "boxes_exact")
+IR_VERSION = 8
+"""IR version 8 (ONNX 1.10+): readable by every ONNX Runtime and TensorRT release we support."""
+TENSORRT_TOPK_LIMIT = 3840
+"""TensorRT's largest TopK K: the node count per map must stay at or below it for TensorRT."""
+
+
+def upsample_bands(source: int, target: int) -> np.ndarray:
+    """Band index of each of ``target`` output columns of a bilinear, half-pixel upsampling from
+    ``source`` columns: the left source column it interpolates from (clamped)."""
+    if target < source:
+        raise CamdeployError(f"upsample_bands: {source} -> {target} is not an upsampling")
+    position = (np.arange(target) + 0.5) * (source / target) - 0.5
+    return np.minimum(np.floor(np.maximum(position, 0.0)), source - 1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class BandLayout:
+    """Columns ``[start[b], stop[b])`` form band ``b``; bands tile ``0 .. width`` in order."""
+
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+
+    @classmethod
+    def from_band_of_column(cls, band: np.ndarray) -> BandLayout:
+        band = np.asarray(band)
+        if band.ndim != 1 or band.size == 0 or (np.diff(band) < 0).any():
+            raise CamdeployError("bands: expected a non-decreasing band index per column")
+        edges = [0, *(np.flatnonzero(np.diff(band)) + 1).tolist(), int(band.size)]
+        return cls(tuple(edges[:-1]), tuple(edges[1:]))
+
+    @classmethod
+    def pixels(cls, width: int) -> BandLayout:
+        """One band per column: nodes are pixels."""
+        return cls(tuple(range(width)), tuple(range(1, width + 1)))
+
+    @property
+    def width(self) -> int:
+        return self.stop[-1]
+
+    @property
+    def count(self) -> int:
+        return len(self.start)
+
+
+class _Builder:
+    """Collects nodes and initializers with unique names under a prefix."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{self.prefix}{hint}_{self._count}"
+
+    def const(self, value: npt.ArrayLike, hint: str = "c", dtype: type | None = None) -> str:
+        """An initializer; arrays keep their dtype unless ``dtype`` is given, scalars are float32."""
+        name = self.name(hint)
+        if dtype is None:
+            dtype = value.dtype.type if isinstance(value, np.ndarray) else np.float32
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, hint: str | None = None, outputs: int = 1,
+           **attrs: Any) -> list[str]:
+        """A node with ``outputs`` outputs; returns their names."""
+        names = [self.name(hint or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
+        return names
+
+    def __call__(self, op_type: str, *inputs: str, hint: str | None = None, **attrs: Any) -> str:
+        """A node with one output; returns its name."""
+        return self.op(op_type, *inputs, hint=hint, **attrs)[0]
+
+
+SIDE_OFFSETS = ((0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
+"""(row, band) offsets of the neighbours in other bands; the node straight above or below (same
+band) is reached through the vertical runs instead."""
+
+
+def _neighbour_table(height: int, bands: int, offsets: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """``[len(offsets), P]`` index of the neighbour at each offset of every node
+    ``p = row * bands + band``; ``P`` (a padding slot, one past the last node) outside the grid."""
+    p = height * bands
+    rows, cols = np.divmod(np.arange(p), bands)
+    table = np.full((len(offsets), p), p, dtype=np.int32)
+    for k, (dr, dc) in enumerate(offsets):
+        r, c = rows + dr, cols + dc
+        inside = (r >= 0) & (r < height) & (c >= 0) & (c < bands)
+        table[k, inside] = (r * bands + c)[inside]
+    return table
+
+
+def add_box_nodes(b: _Builder, cams: str, *, height: int, layout: BandLayout, topk: int,
+                  threshold: float) -> tuple[str, str]:
+    """Append the box rule for ``cams [N, topk, height, layout.width]`` to ``b``; returns the
+    names of ``boxes [N, topk, 4]`` (float, x0, y0, x1, y1) and ``boxes_exact [N, topk]`` (bool)."""
+    width, nb = layout.width, layout.count
+    p = height * nb
+    big = float(height * width + 1)
+    i64 = np.int64
+
+    maps = b("Reshape", cams, b.const([-1, height, width], "shape", i64))  # [M, H, W]
+    peak = b("ReduceMax", maps, b.const([1, 2], "axes", i64), keepdims=1)  # [M, 1, 1]
+    thr = b("Mul", peak, b.const(np.float32(threshold), "tau"))
+    mask = b("Cast", b("GreaterOrEqual", maps, thr), to=TensorProto.FLOAT)
+    finite = b("Equal", b("Sub", peak, peak), b.const(0.0))  # False for NaN and +-inf
+    finite = b("Reshape", finite, b.const([1, -1], "shape", i64))  # [1, M]
+
+    # Per node: count n, sum s1 and sum s2 of squared column offsets from the band's centre.
+    # Offsets stay within +-45 for bands up to 90 columns: exact even under TF32 matmuls.
+    moments = np.zeros((width, 3 * nb), dtype=np.float32)
+    centre = np.zeros(nb, dtype=np.float32)
+    for band, (start, stop) in enumerate(zip(layout.start, layout.stop, strict=True)):
+        centre[band] = start + (stop - start) // 2
+        offset = np.arange(start, stop) - centre[band]
+        moments[start:stop, band] = 1.0
+        moments[start:stop, nb + band] = offset
+        moments[start:stop, 2 * nb + band] = offset**2
+    rows2d = b("Reshape", mask, b.const([-1, width], "shape", i64))  # [M*H, W]
+    stats = b("MatMul", rows2d, b.const(moments, "moments"))  # [M*H, 3*nb]
+    # Node-major layout [P, M] from here on: Gather along axis 0 then moves whole rows of M
+    # values, which is what makes the neighbour fetches cheap.
+    stats = b("Transpose", b("Reshape", stats, b.const([-1, height, 3, nb], "shape", i64)), perm=[2, 1, 3, 0])
+    n, s1, s2 = (b("Reshape", b("Gather", stats, b.const(k, "k", i64), axis=0),
+                   b.const([p, -1], "shape", i64)) for k in range(3))  # [P, M] each
+    one = b.const(1.0)
+    n_safe = b("Max", n, one)
+    # Consecutive integers have the smallest spread: n * s2 - s1^2 == n^2 (n^2 - 1) / 12 exactly.
+    spread = b("Sub", b("Mul", n, s2), b("Mul", s1, s1))
+    least = b("Div", b("Mul", b("Mul", n, n), b("Sub", b("Mul", n, n), one)), b.const(12.0))
+    contiguous = b("LessOrEqual", spread, b("Add", least, b.const(0.5)))
+    exact = b("Cast", b("ReduceMin", b("Cast", contiguous, to=TensorProto.FLOAT),
+                        b.const([0], "axes", i64), keepdims=0), to=TensorProto.BOOL)  # [M]
+    centre_p = b.const(np.tile(centre, height)[:, None], "centre")  # [P, 1]
+    # lo = centre + s1 / n - (n - 1) / 2 (exact for a run); hi = lo + n - 1.
+    lo = b("Add", centre_p, b("Round", b("Sub", b("Div", s1, n_safe),
+                                         b("Div", b("Sub", n, one), b.const(2.0)))))
+    hi = b("Sub", b("Add", lo, n), one)
+    valid_b = b("Greater", n, b.const(0.0))
+    valid = b("Cast", valid_b, to=TensorProto.FLOAT)  # [P, M]
+
+    # Edges: two nodes are linked when both are non-empty and their runs touch or overlap.
+    zero_row = b("Mul", b("Slice", n, b.const([0], "s", i64), b.const([1], "e", i64),
+                          b.const([0], "ax", i64)), b.const(0.0))  # [1, M]
+
+    def linked(offsets: tuple[tuple[int, int], ...]) -> tuple[str, str]:
+        """Returns the ``[S, P]`` neighbour table for ``offsets`` and the ``[S, P, M]`` links."""
+        table = b.const(_neighbour_table(height, nb, offsets), "neighbours")
+
+        def fetch(x: str) -> str:  # [P, M] -> [S, P, M], 0 outside the grid
+            return b("Gather", b("Concat", x, zero_row, axis=0), table, axis=0)
+
+        touch = b("And", b("LessOrEqual", fetch(lo), b("Add", hi, one)),
+                  b("LessOrEqual", lo, b("Add", fetch(hi), one)))
+        return table, b("And", b("And", b("Cast", fetch(valid), to=TensorProto.BOOL), valid_b), touch)
+
+    side_table, side_links = linked(SIDE_OFFSETS)
+    _, below = linked(((1, 0),))
+    _, above = linked(((-1, 0),))
+
+    # Vertical runs: nodes of one band linked row to row. Their first (head) and last (tail)
+    # node, by pointer doubling along the links, once.
+    i32 = np.int32
+    index = b.const(np.arange(p, dtype=i32)[:, None], "index")  # [P, 1]
+    rounds = max(1, int(np.ceil(np.log2(height))))
+
+    def run_end(link: str, step: int) -> str:
+        end = b("Where", b("Squeeze", link, b.const([0], "ax", i64)),
+                b("Add", index, b.const(step, "step", i32)), index)
+        for _ in range(rounds):
+            end = b("GatherElements", end, end, axis=0)
+        return end
+
+    tail, head = run_end(below, nb), run_end(above, -nb)
+    # Range maximum over a run [head, tail] from a sparse table: level s holds the maximum over
+    # 2^s rows; two lookups at level floor(log2(rows in run)) cover the run.
+    length = b("Add", b("Div", b("Sub", tail, head), b.const(nb, "nb", i32)), b.const(1, "one", i32))
+    level = b.const(np.zeros((1, 1), dtype=i32), "zero")
+    for k in range(1, rounds):
+        level = b("Add", level, b("Cast", b("GreaterOrEqual", length, b.const(2**k, "pow", i32)),
+                                  to=TensorProto.INT32))
+    span = b("Gather", b.const((2 ** np.arange(rounds) - 1) * nb, "span", i32), level, axis=0)
+    first_at = b("Add", b("Mul", level, b.const(p, "p", i32)), head)
+    last_at = b("Add", b("Mul", level, b.const(p, "p", i32)), b("Sub", tail, span))
+    side_mask = b("Cast", side_links, to=TensorProto.INT32)  # [S, P, M]
+
+    # Labels: run tail + 1 (0 for empty nodes). Each round: take the largest label over the
+    # neighbours in other bands, then the largest over the run, then jump (label = label of node label - 1);
+    # until nothing changes.
+    zero_row_i = b("Cast", zero_row, to=TensorProto.INT32)
+    zero_labels = b("Mul", index, zero_row_i)  # [P, M] zeros
+    labels0 = b("Where", valid_b, b("Add", tail, b.const(1, "one", i32)), b.const(0, "zero", i32))
+    body = _Builder(b.prefix + "loop_")
+    body_in = body.name("labels_in")
+    nothing = body.const(0, "zero", i32)
+    fetched = body("Mul", side_mask, body("Gather", body("Concat", body_in, zero_row_i, axis=0), side_table, axis=0))
+    slots = body.op("Split", fetched, axis=0, num_outputs=len(SIDE_OFFSETS), outputs=len(SIDE_OFFSETS))
+    spread_labels = body("Squeeze", body("Max", *slots), body.const([0], "ax", i64))  # faster than ReduceMax
+    grown = body("Max", body_in, spread_labels)
+    levels, current = [grown], grown
+    for k in range(rounds - 1):
+        shift = (2**k) * nb
+        if shift >= p:
+            break
+        shifted = body("Concat", body("Slice", current, body.const([shift], "s", i64), body.const([p], "e", i64),
+                                      body.const([0], "ax", i64)),
+                       body("Slice", zero_labels, body.const([0], "s", i64),
+                            body.const([shift], "e", i64), body.const([0], "ax", i64)), axis=0)
+        current = body("Max", current, shifted)
+        levels.append(current)
+    while len(levels) < rounds:
+        levels.append(current)
+    table_max = body("Concat", *levels, axis=0)  # [rounds * P, M]
+    over_run = body("Max", body("GatherElements", table_max, first_at, axis=0),
+                    body("GatherElements", table_max, last_at, axis=0))
+    pointer = body("Where", body("Greater", over_run, nothing),
+                   body("Sub", over_run, body.const(1, "one", i32)), body.const(p, "p", i32))
+    jumped = body("GatherElements", body("Concat", over_run, zero_row_i, axis=0), pointer, axis=0)
+    changed = body("Greater", body("ReduceMax", body("Sub", jumped, body_in), keepdims=0), nothing)
+    body_out = body("Identity", jumped, hint="labels_out")
+    cond_out = body("Identity", changed, hint="cond_out")
+    loop_graph = helper.make_graph(
+        body.nodes, b.name("propagate"),
+        [helper.make_tensor_value_info(body.name("iteration"), TensorProto.INT64, []),
+         helper.make_tensor_value_info(body.name("cond_in"), TensorProto.BOOL, []),
+         helper.make_tensor_value_info(body_in, TensorProto.INT32, None)],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(body_out, TensorProto.INT32, None)],
+        initializer=body.initializers,
+    )
+    labels = b("Loop", b.const(p + 1, "max_rounds", i64), b.const(True, "true", np.bool_), labels0,
+               body=loop_graph)
+
+    # Sort nodes by label (descending; empty nodes, label 0, go last), then segmented scans.
+    # (ONNX Runtime sorts the contiguous last axis twice as fast.)
+    sorted_labels, order = b.op("TopK", b("Transpose", labels, perm=[1, 0]), b.const([p], "k", i64), axis=1,
+                                largest=1, sorted=1, outputs=2)
+    sorted_labels = b("Transpose", sorted_labels, perm=[1, 0])
+    order = b("Transpose", order, perm=[1, 0])
+    rows_p = b.const(np.repeat(np.arange(height, dtype=np.float32), nb)[:, None], "rows")  # [P, 1]
+    first_pixel = b("Where", valid_b, b("Add", b("Mul", rows_p, b.const(float(width))), lo), b.const(big))
+    area = b("GatherElements", n, order, axis=0)
+    first = b("GatherElements", first_pixel, order, axis=0)
+    zeros = b("Mul", area, b.const(0.0))  # [P, M] float
+    zeros_i = b("Mul", sorted_labels, b.const(0, "zero", i32))
+    minus_one = b.const(-1, "minus_one", i32)
+
+    def rows(x: str, start: int, stop: int) -> str:
+        return b("Slice", x, b.const([start], "s", i64), b.const([stop], "e", i64), b.const([0], "ax", i64))
+
+    shift = 1
+    while shift < p:
+        head = rows(zeros, 0, shift)
+        prev_label, prev_area, prev_first = (rows(x, 0, p - shift) for x in (sorted_labels, area, first))
+        same = b("Equal", b("Concat", b("Add", rows(zeros_i, 0, shift), minus_one), prev_label, axis=0),
+                 sorted_labels)
+        area = b("Add", area, b("Mul", b("Cast", same, to=TensorProto.FLOAT),
+                                b("Concat", head, prev_area, axis=0)))
+        first = b("Min", first, b("Where", same, b("Concat", b("Add", head, b.const(big)), prev_first, axis=0),
+                                  b.const(big)))
+        shift *= 2
+    next_label = b("Concat", rows(sorted_labels, 1, p), b("Add", rows(zeros_i, 0, 1), minus_one), axis=0)
+    is_end = b("And", b("Not", b("Equal", sorted_labels, next_label)),
+               b("Greater", sorted_labels, b.const(0, "zero", i32)))
+    end_area = b("Where", is_end, area, b.const(-1.0))
+    best_area = b("ReduceMax", end_area, b.const([0], "axes", i64), keepdims=1)
+    candidate = b("And", is_end, b("Equal", end_area, best_area))
+    winner_at = b("ArgMin", b("Where", candidate, first, b.const(big + 1)), axis=0, keepdims=1)
+    winner = b("GatherElements", sorted_labels, winner_at, axis=0)  # [1, M]
+    has_winner = b("Greater", winner, b.const(0, "zero", i32))
+    member = b("And", b("Equal", labels, winner), has_winner)  # [P, M]
+
+    def extreme(op: str, values: str, fill: float) -> str:  # -> [1, M]
+        return b(op, b("Where", member, values, b.const(fill)), b.const([0], "axes", i64), keepdims=1)
+
+    x0 = extreme("ReduceMin", lo, big)
+    y0 = extreme("ReduceMin", rows_p, big)
+    x1 = extreme("ReduceMax", b("Add", hi, one), -1.0)
+    y1 = extreme("ReduceMax", b("Add", rows_p, one), -1.0)
+    found = b("And", has_winner, finite)  # [1, M]
+    box = b("Where", found, b("Concat", x0, y0, x1, y1, axis=0),
+            b.const(np.array([[0], [0], [width], [height]], dtype=np.float32), "frame"))  # [4, M]
+    boxes = b("Reshape", b("Transpose", box, perm=[1, 0]), b.const([-1, topk, 4], "shape", i64), hint="boxes")
+    exact = b("Reshape", exact, b.const([-1, topk], "shape", i64), hint="boxes_exact")
+    return boxes, exact
+
+
+def box_model(height: int, layout: BandLayout, topk: int, threshold: float = 0.2,
+              opset: int = 18) -> onnx.ModelProto:
+    """A standalone graph ``cams [N, topk, H, W] -> boxes, boxes_exact``, for tests and checks."""
+    b = _Builder("box_")
+    boxes, exact = add_box_nodes(b, "cams", height=height, layout=layout, topk=topk, threshold=threshold)
+    b.nodes.append(helper.make_node("Identity", [boxes], ["boxes"]))
+    b.nodes.append(helper.make_node("Identity", [exact], ["boxes_exact"]))
+    graph = helper.make_graph(
+        b.nodes, "camdeploy_boxes",
+        [helper.make_tensor_value_info("cams", TensorProto.FLOAT, ["N", topk, height, layout.width])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", topk, 4]),
+         helper.make_tensor_value_info("boxes_exact", TensorProto.BOOL, ["N", topk])],
+        initializer=b.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
+def add_graph_boxes(model: onnx.ModelProto, *, feature_width: int, topk: int, threshold: float,
+                    cams: str = "cams") -> BandLayout:
+    """Add ``boxes`` and ``boxes_exact`` outputs computed from the ``cams [N, T, H, W]`` output of
+    ``model`` (in place), for maps upsampled from ``feature_width`` columns. Returns the layout."""
+    shape = next((o.type.tensor_type.shape for o in model.graph.output if o.name == cams), None)
+    if shape is None or len(shape.dim) != 4:
+        raise CamdeployError(f"the graph has no 4-D output {cams!r} to compute boxes from")
+    height, width = (int(d.dim_value) for d in shape.dim[2:])
+    if not height or not width:
+        raise CamdeployError(f"output {cams!r}: the map size must be static, got {shape}")
+    layout = BandLayout.from_band_of_column(upsample_bands(feature_width, width))
+    b = _Builder("boxes_")
+    boxes, exact = add_box_nodes(b, cams, height=height, layout=layout, topk=topk, threshold=threshold)
+    model.graph.node.extend(b.nodes)
+    model.graph.node.extend([helper.make_node("Identity", [boxes], ["boxes"], name="boxes"),
+                             helper.make_node("Identity", [exact], ["boxes_exact"], name="boxes_exact")])
+    model.graph.initializer.extend(b.initializers)
+    model.graph.output.extend([
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [shape.dim[0].dim_param or None, topk, 4]),
+        helper.make_tensor_value_info("boxes_exact", TensorProto.BOOL, [shape.dim[0].dim_param or None, topk]),
+    ])
+    return layout
+
+
+def node_count(height: int, layout: BandLayout) -> int:
+    """Nodes per map: the K of the graph's TopK, which TensorRT limits to :data:`TENSORRT_TOPK_LIMIT`."""
+    return height * layout.count
+
+
+def strip_graph_boxes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without the ``boxes`` and ``boxes_exact`` outputs and the nodes that
+    only they need (for runtimes where the host rule is faster)."""
+    from onnx.utils import Extractor
+
+    keep = [o.name for o in model.graph.output if o.name not in BOXES_OUTPUTS]
+    inputs = [i.name for i in model.graph.input]
+    stripped = Extractor(model).extract_model(inputs, keep)
+    stripped.metadata_props.extend(model.metadata_props)
+    stripped.producer_name, stripped.producer_version = model.producer_name, model.producer_version
+    return stripped
