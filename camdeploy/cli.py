@@ -69,6 +69,37 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _add_box_path(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--box-path", choices=("auto", "graph", "host"), default="auto",
+                   help="where boxes come from: graph (the model's boxes output), host (OpenCV on the CAMs), or "
+                   "auto (default): the faster for the backend, host on ONNX Runtime CPU, graph on GPUs")
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", type=Path, help="with --backend tensorrt: a prebuilt engine (`camdeploy build "
+                   "--output`) instead of the engine cache")
+    p.add_argument("--rtx", action="store_true", help="with --backend tensorrt: use TensorRT for RTX "
+                   "(tensorrt_rtx) even when NVIDIA's tensorrt is installed")
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build", help="build (and cache) a TensorRT engine",
+        description="Build a serialized TensorRT engine from an exported model, strongly typed (precision "
+        "comes from the graph: an FP16 or a Q/DQ INT8 ONNX), with an optimization profile for the dynamic "
+        "batch, and store it in the engine cache (<cache>/tensorrt, keyed by the ONNX file's hash, the "
+        "TensorRT version, the GPU and these options) and at --output. TensorRT for RTX builds without a GPU.")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--output", type=Path, help="also write the engine here (e.g. MODEL.plan)")
+    p.add_argument("--rtx", action="store_true", help="build with TensorRT for RTX (tensorrt_rtx) even when "
+                   "NVIDIA's tensorrt is installed")
+    p.add_argument("--batch", type=_ints, default=(1, 8, 32), help="min,opt,max batch of the profile "
+                   "(default 1,8,32)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 in float32 layers (off: closer to the "
+                   "fp32 reference)")
+    p.set_defaults(func=cmd_build)
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="classify images and localise each top class",
@@ -78,9 +109,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="a model written by `camdeploy export`")
     p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders (recursive)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--backend", choices=("ort", "torch"), default="ort",
+    p.add_argument("--backend", choices=("ort", "torch", "tensorrt"), default="ort",
                    help="ort: the ONNX graph on ONNX Runtime (default); torch: the PyTorch "
-                   "reference, with preprocessing, T and threshold from MODEL.onnx")
+                   "reference, with preprocessing, T and threshold from MODEL.onnx; tensorrt: a TensorRT "
+                   "engine built from MODEL.onnx and cached (needs an NVIDIA GPU)")
     p.add_argument("--model", dest="torch_model",
                    help="with --backend torch: the PyTorch model (built-in name or "
                    "module:callable; default: the model MODEL.onnx was exported from)")
@@ -95,6 +127,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resize", choices=("stretch", "crop"),
                    help="image resize (default: the mode stored in MODEL.onnx)")
     p.add_argument("--box-threshold", type=float, help="override the model's tau")
+    _add_box_path(p)
+    _add_engine_options(p)
     p.add_argument("--overlays", action="store_true",
                    help="also write a PNG per image with the top-1 heatmap, box and label")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -145,13 +179,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", help="MODEL.onnx to evaluate (default: the cached export of a built-in --model)")
     p.add_argument("--model", help="the PyTorch model for the torch backend, or a built-in name to export "
                    f"(default: the model MODEL.onnx came from; {DEFAULT_MODEL} when --onnx is not given)")
-    p.add_argument("--backend", choices=("ort", "torch"), default="ort", help="backend to evaluate (default ort)")
+    p.add_argument("--backend", choices=("ort", "torch", "tensorrt"), default="ort",
+                   help="backend to evaluate (default ort)")
     p.add_argument("--compare", nargs="+", metavar="BACKEND",
-                   help="two or more of: ort, torch, or another .onnx file (run on ONNX Runtime)")
+                   help="two or more of: ort, torch, tensorrt, or another .onnx file (run on ONNX Runtime)")
     p.add_argument("--box-mode", choices=("paper", "ilsvrc"), default="paper",
                    help="paper: the largest region above tau (default); ilsvrc: the CAM paper's "
                    "loose and tight boxes for the top-3 classes")
     p.add_argument("--box-threshold", type=float, help="tau of the box rule (default: the model's)")
+    _add_box_path(p)
+    _add_engine_options(p)
     p.add_argument("--json", type=Path, help="write the report as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of BoxAcc against CAM threshold here")
     p.add_argument("--batch-size", type=int, default=16, help="images per inference (default 16)")
@@ -183,6 +220,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--e2e-repeats", type=int, default=5, help="end-to-end runs per row (default 5)")
     p.add_argument("--threads", type=int, help="threads for every backend (default: the CPUs this process may use)")
     p.add_argument("--no-torchcam", action="store_true", help="leave out the torchcam peer row")
+    p.add_argument("--backend", choices=("ort", "tensorrt"), action="append", help="backends besides the "
+                   "PyTorch reference (repeatable; default ort); tensorrt adds the engine's rows, one of them "
+                   "timed with CUDA events (needs an NVIDIA GPU)")
+    p.add_argument("--rtx", action="store_true", help="with --backend tensorrt: TensorRT for RTX")
     p.add_argument("--json", type=Path, help="write the report as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of latency bars here")
     p.set_defaults(func=cmd_bench)
@@ -247,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"camdeploy {camdeploy.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_export, _add_run, _add_info, _add_demo, _add_eval, _add_bench, _add_calibrate,
-                _add_convert, _add_check):
+                _add_convert, _add_check, _add_build):
         add(sub)
     return parser
 
@@ -316,10 +357,24 @@ def _open_runner(args: argparse.Namespace):  # -> Runner
                            args.feature_module, args.linear_module, args.threads)
     if args.torch_model or args.feature_module or args.linear_module:
         raise CamdeployError("--model, --feature-module and --linear-module describe the PyTorch model for "
-                             "--backend torch; with --backend ort the graph in MODEL.onnx is run")
+                             f"--backend torch; with --backend {args.backend} the graph in MODEL.onnx is run")
+    if args.backend == "tensorrt":
+        return _tensorrt_runner(args, args.model, spec, args.batch_size)
+    if args.engine or args.rtx:
+        raise CamdeployError("--engine and --rtx are options of --backend tensorrt")
     from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(args.model, args.provider, args.threads, args.box_threshold, spec)
+    return OnnxRuntimeRunner(args.model, args.provider, args.threads, args.box_threshold, spec, args.box_path)
+
+
+def _tensorrt_runner(args: argparse.Namespace, model: str, spec: object, batch_size: int):  # -> TensorRTRunner
+    from camdeploy.runtime.tensorrt_runner import EngineOptions, TensorRTRunner
+
+    if args.provider != "cpu":
+        raise CamdeployError(f"--provider {args.provider} selects an ONNX Runtime provider; --backend tensorrt "
+                             "runs TensorRT itself")
+    options = EngineOptions(batch=(1, batch_size, max(batch_size, 32)), module="tensorrt_rtx" if args.rtx else None)
+    return TensorRTRunner(model, options, args.box_threshold, spec, args.engine, args.box_path)  # type: ignore[arg-type]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -460,20 +515,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model = args.model or spec.source_model
             runners["torch"] = TorchRunner(model, spec, args.box_threshold, threads=args.threads)
             config["torch"] = {"model": model, "backend": "torch", "provider": "cpu", "precision": "fp32"}
+        elif backend == "tensorrt":
+            runners["tensorrt"] = _tensorrt_runner(args, onnx_path, spec, args.batch_size)
+            config["tensorrt"] = {"model": str(onnx_path), "backend": "tensorrt", "provider": "tensorrt",
+                                  "precision": graph_precision(str(onnx_path))}
         elif backend == "ort" or backend.endswith(".onnx"):
             path = onnx_path if backend == "ort" else backend
             name = "ort" if backend == "ort" else Path(backend).name
-            runners[name] = OnnxRuntimeRunner(path, args.provider, args.threads, args.box_threshold)
+            runners[name] = OnnxRuntimeRunner(path, args.provider, args.threads, args.box_threshold,
+                                              box_path=args.box_path)
             config[name] = {"model": str(path), "backend": "ort", "provider": args.provider,
                             "precision": graph_precision(str(path))}
         else:
-            raise CamdeployError(f"--compare {backend}: expected ort, torch or a path ending in .onnx")
+            raise CamdeployError(f"--compare {backend}: expected ort, torch, tensorrt or a path ending in .onnx")
     dataset = open_dataset(args.data, args.images, args.format)
     from camdeploy.calibration.data import refuse_overlap
     from camdeploy.calibration.quantize import calibration_files
 
     for name, config_entry in config.items():
-        if config_entry["backend"] == "ort":
+        if config_entry["backend"] in ("ort", "tensorrt"):
             try:
                 refuse_overlap(calibration_files(str(config_entry["model"])), [s.path for s in dataset.samples])
             except CamdeployError as exc:
@@ -523,7 +583,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CamdeployError("bench always measures the PyTorch reference: install the 'export' extra") from exc
     options = BenchOptions(batch_sizes=args.batch_sizes, scopes=scopes, warmup=args.warmup, repeats=args.repeats,
                            e2e_images=args.e2e_images, e2e_repeats=args.e2e_repeats, threads=args.threads,
-                           torchcam=not args.no_torchcam)
+                           torchcam=not args.no_torchcam, tensorrt="tensorrt" in (args.backend or ()),
+                           rtx=args.rtx)
     report = run_bench([Path(m) for m in args.models], args.model or spec.source_model, images, options)
     print(format_table(report))
     if args.json:
@@ -563,6 +624,25 @@ def cmd_convert(args: argparse.Namespace) -> int:
     read_spec(args.model)  # a camdeploy model, or a clear error
     convert_fp16(args.model, args.output, keep_head_fp32=not args.fp16_head)
     print(f"wrote {args.output}: FP16 backbone{'' if args.fp16_head else ', float32 heads'}, float32 inputs/outputs")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from camdeploy.metadata import read_spec
+    from camdeploy.runtime.tensorrt_runner import EngineOptions, build_engine
+
+    if len(args.batch) != 3:
+        raise CamdeployError(f"--batch {','.join(map(str, args.batch))}: expected three numbers min,opt,max")
+    if not Path(args.model).is_file():
+        raise CamdeployError(f"MODEL {args.model}: no such file")
+    read_spec(args.model)  # a camdeploy model, or a clear error
+    options = EngineOptions(batch=tuple(args.batch), module="tensorrt_rtx" if args.rtx else None,  # type: ignore[arg-type]
+                            tf32=args.tf32)
+    start = time.perf_counter()
+    built = build_engine(args.model, options, output=args.output)
+    how = "from the engine cache" if built.cached else f"built in {time.perf_counter() - start:.1f} s"
+    print(f"{built.path}: {built.module} {built.version} engine, {how}; GPU: {built.gpu}; batch profile "
+          f"{','.join(map(str, args.batch))}; {built.path.stat().st_size / 2**20:.1f} MiB")
     return 0
 
 

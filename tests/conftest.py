@@ -4,7 +4,9 @@
 * ``data``: real images under ``../shared/data`` (or ``$CAMDEPLOY_DATA``); skipped with a reason
   when that folder is absent.
 * ``gpu``: needs an NVIDIA GPU, decided by ONNX Runtime's own provider check; skipped with a
-  reason otherwise. Nothing is ever "passed" by returning early.
+  reason otherwise.
+* ``cuda``: needs a GPU that CUDA sees through cuda-python (the TensorRT runner); skipped with
+  CUDA's own reason otherwise. Nothing is ever "passed" by returning early.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ def gpu_reason() -> str | None:
     return None
 
 
+def cuda_reason() -> str | None:
+    """Why the TensorRT runner cannot run engines here, or None when CUDA sees a GPU."""
+    try:
+        from camdeploy.runtime.tensorrt_runner import require_gpu
+
+        require_gpu()
+    except Exception as exc:  # CamdeployError, or cuda-python missing
+        return str(exc)
+    return None
+
+
 def tensorrt_reason() -> str | None:
     """Why TensorRT tests cannot run here, or None when a TensorRT module imports."""
     from camdeploy.errors import CamdeployError
@@ -50,6 +63,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(data_skip)
         if "tensorrt" in item.keywords and tensorrt_reason():
             item.add_marker(pytest.mark.skip(reason=tensorrt_reason()))
+        if "cuda" in item.keywords and cuda_reason():
+            item.add_marker(pytest.mark.skip(reason=f"no usable GPU: {cuda_reason()}"))
         if "gpu" in item.keywords:
             reason = reason or gpu_reason()
             if reason:

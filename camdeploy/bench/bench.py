@@ -3,8 +3,10 @@
 Scopes:
 
 * ``model``: a preprocessed batch ``[B, 3, S, S]`` in, every output including boxes out
-  (``Runner.infer``). ``ort-backbone`` is the same graph cut at ``logits`` (no CAM head, no
-  boxes), to show what CAM and boxes cost.
+  (``Runner.infer``). ``ort`` computes boxes on the host (OpenCV), ``ort-graph-boxes`` takes them
+  from the graph (when the file has them); ``ort-backbone`` is the same graph cut at ``logits``
+  (no CAM head, no boxes), to show what CAM and boxes cost. Model-scope rows of one batch size
+  take turns repeat by repeat, so that their ratios survive a noisy machine.
 * ``end-to-end``: image files in, ``results.jsonl`` out (``camdeploy run``'s path: read, resize,
   normalise, infer, boxes, write); latency per image is the run's time divided by its images.
 
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 
 import camdeploy
-from camdeploy.bench.timing import LatencyStats, time_calls
+from camdeploy.bench.timing import LatencyStats, time_calls, time_interleaved
 from camdeploy.errors import CamdeployError
 from camdeploy.runtime.images import load_image, prepare
 from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner, usable_cpus
@@ -50,6 +52,11 @@ class BenchOptions:
     threads: int | None = None
     torchcam: bool = True
     """Add torchcam's hook-based CAM on the same model as a peer row, when it is installed."""
+    tensorrt: bool = False
+    """Add the TensorRT runner (needs an NVIDIA GPU): rows ``tensorrt`` (host clock, with copies and
+    boxes) and ``tensorrt-engine`` (CUDA events around the engine alone)."""
+    rtx: bool = False
+    """With ``tensorrt``: TensorRT for RTX."""
 
 
 @dataclass
@@ -136,6 +143,13 @@ def _torchcam_call(model: Any, topk: int, threshold: float, size: tuple[int, int
     return call
 
 
+def has_graph_boxes(path: Path) -> bool:
+    """Whether the ONNX file computes boxes itself (``camdeploy export --boxes graph``)."""
+    import onnx
+
+    return any(o.name == "boxes" for o in onnx.load(str(path), load_external_data=False).graph.output)
+
+
 def _batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     return np.stack([images[i % len(images)] for i in range(size)])
 
@@ -165,9 +179,17 @@ def run_bench(onnx_paths: Sequence[Path], torch_model: object, image_paths: Sequ
         runners: dict[str, Runner] = {}
         for path in onnx_paths:
             name = "ort" if len(onnx_paths) == 1 else f"ort:{Path(path).name}"
-            runners[name] = OnnxRuntimeRunner(path, threads=threads)
+            runners[name] = OnnxRuntimeRunner(path, threads=threads, box_path="host")
+        if has_graph_boxes(Path(onnx_paths[0])):
+            runners["ort-graph-boxes"] = OnnxRuntimeRunner(onnx_paths[0], threads=threads, box_path="graph")
         spec = next(iter(runners.values())).spec
         runners = {REFERENCE: TorchRunner(torch_model, spec), **runners}
+        if options.tensorrt:
+            from camdeploy.runtime.tensorrt_runner import EngineOptions, TensorRTRunner
+
+            largest = max(options.batch_sizes)
+            engine = EngineOptions(batch=(1, largest, largest), module="tensorrt_rtx" if options.rtx else None)
+            runners["tensorrt"] = TensorRTRunner(onnx_paths[0], engine, spec=spec)
         if "model" in options.scopes:
             runners["ort-backbone"] = OnnxRuntimeRunner(backbone_only(Path(onnx_paths[0]), Path(scratch)),
                                                         threads=threads, spec=spec)
@@ -190,10 +212,14 @@ def run_bench(onnx_paths: Sequence[Path], torch_model: object, image_paths: Sequ
                         for name, runner in runners.items()}
                     if peer is not None:
                         calls["torchcam"] = partial(peer, x)
-                    for name, call in calls.items():
-                        say(f"model scope, batch {batch}: {name}")
-                        samples = time_calls(call, warmup=options.warmup, repeats=options.repeats, clock=clock)
+                    say(f"model scope, batch {batch}: {', '.join(calls)}, taking turns")
+                    timed = time_interleaved(calls, warmup=options.warmup, repeats=options.repeats, clock=clock)
+                    for name, samples in timed.items():
                         rows.append(BenchRow(name, "model", LatencyStats.from_samples(samples, batch)))
+                    if "tensorrt" in runners:
+                        samples = runners["tensorrt"].time_gpu(x, repeats=options.repeats,  # type: ignore[attr-defined]
+                                                               warmup=options.warmup)
+                        rows.append(BenchRow("tensorrt-engine", "model", LatencyStats.from_samples(samples, batch)))
                 if "end-to-end" in options.scopes:
                     files = [image_paths[i % len(image_paths)] for i in range(options.e2e_images)]
                     run_options = RunOptions(batch_size=batch, progress=False)

@@ -25,6 +25,25 @@ def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int,
     return samples
 
 
+def time_interleaved(calls: dict[str, Callable[[], object]], *, warmup: int, repeats: int,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Like :func:`time_calls` for several functions, taking turns: repeat ``r`` of every function
+    runs before repeat ``r + 1`` of any, so that a slow spell of a shared machine hits all alike
+    and their ratios stay meaningful."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats {repeats} must be >= 1 and warmup {warmup} >= 0")
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = clock()
+            fn()
+            samples[name].append(clock() - start)
+    return samples
+
+
 @dataclass(frozen=True)
 class LatencyStats:
     """Statistics of per-call latencies for calls of ``batch`` images; times in milliseconds."""

@@ -196,22 +196,24 @@ def add_box_nodes(b: _Builder, cams: str, *, height: int, layout: BandLayout, to
                                          b("Div", b("Sub", n, one), b.const(2.0)))))
     hi = b("Sub", b("Add", lo, n), one)
     valid_b = b("Greater", n, b.const(0.0))
-    valid = b("Cast", valid_b, to=TensorProto.FLOAT)  # [P, M]
 
-    # Edges: two nodes are linked when both are non-empty and their runs touch or overlap.
+    # Edges: two nodes are linked when both are non-empty and their runs touch or overlap. An
+    # empty node (and the padding slot P outside the grid) gets the run [big, -big], which
+    # touches nothing: the two comparisons below then also test that both nodes are non-empty.
     zero_row = b("Mul", b("Slice", n, b.const([0], "s", i64), b.const([1], "e", i64),
                           b.const([0], "ax", i64)), b.const(0.0))  # [1, M]
+    lo_or_none = b("Concat", b("Where", valid_b, lo, b.const(big)), b("Add", zero_row, b.const(big)), axis=0)
+    hi_or_none = b("Concat", b("Where", valid_b, hi, b.const(-big)), b("Sub", zero_row, b.const(big)), axis=0)
+    hi1 = b("Add", b("Slice", hi_or_none, b.const([0], "s", i64), b.const([p], "e", i64), b.const([0], "ax", i64)),
+            one)
+    lo_own = b("Slice", lo_or_none, b.const([0], "s", i64), b.const([p], "e", i64), b.const([0], "ax", i64))
 
     def linked(offsets: tuple[tuple[int, int], ...]) -> tuple[str, str]:
         """Returns the ``[S, P]`` neighbour table for ``offsets`` and the ``[S, P, M]`` links."""
         table = b.const(_neighbour_table(height, nb, offsets), "neighbours")
-
-        def fetch(x: str) -> str:  # [P, M] -> [S, P, M], 0 outside the grid
-            return b("Gather", b("Concat", x, zero_row, axis=0), table, axis=0)
-
-        touch = b("And", b("LessOrEqual", fetch(lo), b("Add", hi, one)),
-                  b("LessOrEqual", lo, b("Add", fetch(hi), one)))
-        return table, b("And", b("And", b("Cast", fetch(valid), to=TensorProto.BOOL), valid_b), touch)
+        lo_n = b("Gather", lo_or_none, table, axis=0)
+        hi_n1 = b("Add", b("Gather", hi_or_none, table, axis=0), one)
+        return table, b("And", b("LessOrEqual", lo_n, hi1), b("LessOrEqual", lo_own, hi_n1))
 
     side_table, side_links = linked(SIDE_OFFSETS)
     _, below = linked(((1, 0),))
@@ -244,10 +246,9 @@ def add_box_nodes(b: _Builder, cams: str, *, height: int, layout: BandLayout, to
     side_mask = b("Cast", side_links, to=TensorProto.INT32)  # [S, P, M]
 
     # Labels: run tail + 1 (0 for empty nodes). Each round: take the largest label over the
-    # neighbours in other bands, then the largest over the run, then jump (label = label of node label - 1);
-    # until nothing changes.
+    # neighbours in other bands, then the largest over the run, then jump (label = label of node
+    # label - 1); until no neighbour offers a larger label.
     zero_row_i = b("Cast", zero_row, to=TensorProto.INT32)
-    zero_labels = b("Mul", index, zero_row_i)  # [P, M] zeros
     labels0 = b("Where", valid_b, b("Add", tail, b.const(1, "one", i32)), b.const(0, "zero", i32))
     body = _Builder(b.prefix + "loop_")
     body_in = body.name("labels_in")
@@ -256,26 +257,35 @@ def add_box_nodes(b: _Builder, cams: str, *, height: int, layout: BandLayout, to
     slots = body.op("Split", fetched, axis=0, num_outputs=len(SIDE_OFFSETS), outputs=len(SIDE_OFFSETS))
     spread_labels = body("Squeeze", body("Max", *slots), body.const([0], "ax", i64))  # faster than ReduceMax
     grown = body("Max", body_in, spread_labels)
+    # Runs hold one label at the start of every round; so if no side neighbour offers a larger
+    # one, every link joins equal labels: done. Only then is the rest of the round skipped.
+    changed = body("Greater", body("ReduceMax", body("Sub", grown, body_in), keepdims=0), nothing)
+    merge = _Builder(b.prefix + "merge_")
     levels, current = [grown], grown
     for k in range(rounds - 1):
         shift = (2**k) * nb
         if shift >= p:
             break
-        shifted = body("Concat", body("Slice", current, body.const([shift], "s", i64), body.const([p], "e", i64),
-                                      body.const([0], "ax", i64)),
-                       body("Slice", zero_labels, body.const([0], "s", i64),
-                            body.const([shift], "e", i64), body.const([0], "ax", i64)), axis=0)
-        current = body("Max", current, shifted)
+        shifted = merge("Pad", merge("Slice", current, merge.const([shift], "s", i64), merge.const([p], "e", i64),
+                                     merge.const([0], "ax", i64)),
+                        merge.const([0, 0, shift, 0], "pads", i64), mode="constant")
+        current = merge("Max", current, shifted)
         levels.append(current)
     while len(levels) < rounds:
         levels.append(current)
-    table_max = body("Concat", *levels, axis=0)  # [rounds * P, M]
-    over_run = body("Max", body("GatherElements", table_max, first_at, axis=0),
-                    body("GatherElements", table_max, last_at, axis=0))
-    pointer = body("Where", body("Greater", over_run, nothing),
-                   body("Sub", over_run, body.const(1, "one", i32)), body.const(p, "p", i32))
-    jumped = body("GatherElements", body("Concat", over_run, zero_row_i, axis=0), pointer, axis=0)
-    changed = body("Greater", body("ReduceMax", body("Sub", jumped, body_in), keepdims=0), nothing)
+    table_max = merge("Concat", *levels, axis=0)  # [rounds * P, M]
+    over_run = merge("Max", merge("GatherElements", table_max, first_at, axis=0),
+                     merge("GatherElements", table_max, last_at, axis=0))
+    pointer = merge("Where", merge("Greater", over_run, merge.const(0, "zero", i32)),
+                    merge("Sub", over_run, merge.const(1, "one", i32)), merge.const(p, "p", i32))
+    merged = merge("GatherElements", merge("Concat", over_run, zero_row_i, axis=0), pointer, axis=0)
+    keep = body.name("keep")
+    jumped = body("If", changed,
+                  then_branch=helper.make_graph(merge.nodes, b.name("merge"), [],
+                                                [helper.make_tensor_value_info(merged, TensorProto.INT32, None)],
+                                                initializer=merge.initializers),
+                  else_branch=helper.make_graph([helper.make_node("Identity", [body_in], [keep])], b.name("keep"), [],
+                                                [helper.make_tensor_value_info(keep, TensorProto.INT32, None)]))
     body_out = body("Identity", jumped, hint="labels_out")
     cond_out = body("Identity", changed, hint="cond_out")
     loop_graph = helper.make_graph(

@@ -43,3 +43,24 @@ def test_statistics():
 def test_bad_repeats_are_refused():
     with pytest.raises(ValueError, match="repeats 0 must be >= 1"):
         time_calls(lambda: None, warmup=0, repeats=0)
+
+
+def test_interleaved_timing_takes_turns():
+    from camdeploy.bench.timing import time_interleaved
+
+    order, now = [], [0.0]
+
+    def clock():
+        return now[0]
+
+    def work(name, seconds):
+        def fn():
+            order.append(name)
+            now[0] += seconds
+        return fn
+
+    samples = time_interleaved({"a": work("a", 1.0), "b": work("b", 3.0)}, warmup=1, repeats=2, clock=clock)
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert samples == {"a": [1.0, 1.0], "b": [3.0, 3.0]}
+    with pytest.raises(ValueError):
+        time_interleaved({"a": lambda: None}, warmup=0, repeats=0)
