@@ -59,13 +59,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                  "as ../shared/data, or set CAMDEPLOY_DATA)")
     reason = None
     for item in items:
-        if "data" in item.keywords and not (DEV / "annotations.json").is_file():
+        if item.get_closest_marker("data") and not (DEV / "annotations.json").is_file():
             item.add_marker(data_skip)
-        if "tensorrt" in item.keywords and tensorrt_reason():
+        if item.get_closest_marker("tensorrt") and tensorrt_reason():
             item.add_marker(pytest.mark.skip(reason=tensorrt_reason()))
-        if "cuda" in item.keywords and cuda_reason():
+        if item.get_closest_marker("cuda") and cuda_reason():
             item.add_marker(pytest.mark.skip(reason=f"no usable GPU: {cuda_reason()}"))
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):
             reason = reason or gpu_reason()
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))

@@ -29,9 +29,9 @@ are single pixels and any map is handled exactly (used by the tests on adversari
    through ``GatherElements``), until nothing changes. Labels only grow, stay inside their
    component, and a fixed point is constant on each component: the result is exact whatever the
    number of rounds; pointer jumping makes the number of rounds logarithmic in practice.
-4. Areas without scatter reductions (which TensorRT lacks): sort the labels (``TopK`` with
-   ``K = P``, which TensorRT allows up to 3840), then a segmented doubling scan sums the pixel
-   counts and keeps the smallest first-pixel index within each run of equal labels.
+4. Areas without scatter reductions (which TensorRT lacks): sort the nodes by label (``TopK``
+   with ``K = P``, which TensorRT allows up to 3840), then doubling scans give each stretch of
+   equal labels its pixel count; the stretch's last node is its first in raster order.
 5. The winner has the largest area, then the smallest first pixel; its box is the min/max of its
    nodes' rows and columns, in pixel-edge coordinates of the map.
 
@@ -300,38 +300,39 @@ def add_box_nodes(b: _Builder, cams: str, *, height: int, layout: BandLayout, to
     labels = b("Loop", b.const(p + 1, "max_rounds", i64), b.const(True, "true", np.bool_), labels0,
                body=loop_graph)
 
-    # Sort nodes by label (descending; empty nodes, label 0, go last), then segmented scans.
-    # (ONNX Runtime sorts the contiguous last axis twice as fast.)
-    sorted_labels, order = b.op("TopK", b("Transpose", labels, perm=[1, 0]), b.const([p], "k", i64), axis=1,
-                                largest=1, sorted=1, outputs=2)
-    sorted_labels = b("Transpose", sorted_labels, perm=[1, 0])
+    # Sort nodes by label, then by node index, both descending (empty nodes, label 0, go last):
+    # each component is then one stretch whose last node has its smallest index, which is where
+    # its first pixel in raster order lies (nodes are numbered row by row, left to right).
+    # Areas: prefix sums C of the pixel counts; a stretch ending at e has C[e] minus C at the
+    # previous stretch's end, found as a running maximum (C never decreases).
+    key = b("Add", b("Mul", labels, b.const(p + 1, "p1", i32)), index)  # < (P + 1)^2, exact in int32
+    _, order = b.op("TopK", b("Transpose", key, perm=[1, 0]), b.const([p], "k", i64), axis=1,
+                    largest=1, sorted=1, outputs=2)  # (ONNX Runtime sorts the last axis faster)
     order = b("Transpose", order, perm=[1, 0])
+    sorted_labels = b("GatherElements", labels, order, axis=0)
     rows_p = b.const(np.repeat(np.arange(height, dtype=np.float32), nb)[:, None], "rows")  # [P, 1]
-    first_pixel = b("Where", valid_b, b("Add", b("Mul", rows_p, b.const(float(width))), lo), b.const(big))
-    area = b("GatherElements", n, order, axis=0)
+    first_pixel = b("Add", b("Mul", rows_p, b.const(float(width))), lo)
     first = b("GatherElements", first_pixel, order, axis=0)
-    zeros = b("Mul", area, b.const(0.0))  # [P, M] float
-    zeros_i = b("Mul", sorted_labels, b.const(0, "zero", i32))
     minus_one = b.const(-1, "minus_one", i32)
 
     def rows(x: str, start: int, stop: int) -> str:
         return b("Slice", x, b.const([start], "s", i64), b.const([stop], "e", i64), b.const([0], "ax", i64))
 
-    shift = 1
-    while shift < p:
-        head = rows(zeros, 0, shift)
-        prev_label, prev_area, prev_first = (rows(x, 0, p - shift) for x in (sorted_labels, area, first))
-        same = b("Equal", b("Concat", b("Add", rows(zeros_i, 0, shift), minus_one), prev_label, axis=0),
-                 sorted_labels)
-        area = b("Add", area, b("Mul", b("Cast", same, to=TensorProto.FLOAT),
-                                b("Concat", head, prev_area, axis=0)))
-        first = b("Min", first, b("Where", same, b("Concat", b("Add", head, b.const(big)), prev_first, axis=0),
-                                  b.const(big)))
-        shift *= 2
-    next_label = b("Concat", rows(sorted_labels, 1, p), b("Add", rows(zeros_i, 0, 1), minus_one), axis=0)
+    def running(op: str, x: str) -> str:  # inclusive scan along the nodes, by doubling
+        shift = 1
+        while shift < p:
+            x = b(op, x, b("Pad", rows(x, 0, p - shift), b.const([shift, 0, 0, 0], "pads", i64), mode="constant"))
+            shift *= 2
+        return x
+
+    total = running("Add", b("GatherElements", n, order, axis=0))
+    next_label = b("Concat", rows(sorted_labels, 1, p), b("Add", rows(b("Mul", sorted_labels, b.const(0, "zero", i32)),
+                                                                     0, 1), minus_one), axis=0)
     is_end = b("And", b("Not", b("Equal", sorted_labels, next_label)),
                b("Greater", sorted_labels, b.const(0, "zero", i32)))
-    end_area = b("Where", is_end, area, b.const(-1.0))
+    end_total = running("Max", b("Where", is_end, total, b.const(0.0)))
+    before = b("Pad", rows(end_total, 0, p - 1), b.const([1, 0, 0, 0], "pads", i64), mode="constant")
+    end_area = b("Where", is_end, b("Sub", total, before), b.const(-1.0))
     best_area = b("ReduceMax", end_area, b.const([0], "axes", i64), keepdims=1)
     candidate = b("And", is_end, b("Equal", end_area, best_area))
     winner_at = b("ArgMin", b("Where", candidate, first, b.const(big + 1)), axis=0, keepdims=1)

@@ -30,15 +30,32 @@ def variants(tmp_path_factory):
         images.append(folder / f"{i}.png")
         cv2.imwrite(str(images[-1]), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
     data = CalibrationData(images, read_spec(str(fp32)), progress=False)
-    return {"fp32": fp32, "int8": quantize_int8(fp32, folder / "int8.onnx", data),
+    host = folder / "fp32-host-boxes.onnx"
+    export_onnx(seeded(TorchvisionStyle()), host, ExportOptions(input_size=(32, 32), topk=3, source_model="tiny",
+                                                                boxes="host"))
+    return {"fp32": fp32, "fp32-host-boxes": host, "int8": quantize_int8(fp32, folder / "int8.onnx", data),
             "fp16": convert_fp16(fp32, folder / "fp16.onnx")}
 
 
-@pytest.mark.parametrize("name", ["fp32", "int8", "fp16"])
+@pytest.mark.parametrize("name", ["fp32", "fp32-host-boxes", "int8", "fp16"])
 def test_every_variant_builds_an_engine(variants, name):
+    outputs = [o.name for o in onnx.load(str(variants[name])).graph.output]
+    assert ("boxes" in outputs) == (name != "fp32-host-boxes"), "in-graph boxes are the default"
     report = check_tensorrt(variants[name], batch=(1, 4, 8))
     assert report.issues == [] and report.build_error is None
     assert report.engine_bytes and report.engine_bytes > 0
+
+
+@pytest.mark.parametrize(("height", "source", "width"), [(224, 7, 224), (48, None, 48)])
+def test_box_graphs_build_engines(tmp_path, height, source, width):
+    from camdeploy.export.graph_boxes import BandLayout, box_model, upsample_bands
+
+    layout = BandLayout.pixels(width) if source is None else BandLayout.from_band_of_column(
+        upsample_bands(source, width))
+    path = tmp_path / "boxes.onnx"
+    onnx.save(box_model(height, layout, topk=5), str(path))
+    report = check_tensorrt(path, batch=(1, 8, 32))
+    assert report.ok, (report.issues, report.build_error)
 
 
 def test_the_real_model_builds(lite0_onnx, capsys):
