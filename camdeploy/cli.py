@@ -207,7 +207,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         description="Measure latency per backend and batch size, in two scopes: model (a preprocessed "
         "batch to all outputs including boxes) and end-to-end (image files to results.jsonl). The "
         "PyTorch reference is always measured in the same run; every row shows its speed-up against "
-        "it. ort-backbone is the graph cut at logits, to show what CAM and boxes cost. torchcam's "
+        "it. ort computes boxes on the host, ort-graph-boxes takes them from the graph (files exported with "
+        "boxes in the graph), ort-backbone is the graph cut at logits, to show what CAM and boxes cost. torchcam's "
         "hook-based CAM is a peer row when installed (the 'bench' extra). Needs the 'export' extra.")
     p.add_argument("models", metavar="MODEL.onnx", nargs="+", help="exported models to run on ONNX Runtime")
     p.add_argument("--images", nargs="+", help="image files or folders (default: the demo photos)")
@@ -220,9 +221,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--e2e-repeats", type=int, default=5, help="end-to-end runs per row (default 5)")
     p.add_argument("--threads", type=int, help="threads for every backend (default: the CPUs this process may use)")
     p.add_argument("--no-torchcam", action="store_true", help="leave out the torchcam peer row")
-    p.add_argument("--backend", choices=("ort", "tensorrt"), action="append", help="backends besides the "
-                   "PyTorch reference (repeatable; default ort); tensorrt adds the engine's rows, one of them "
-                   "timed with CUDA events (needs an NVIDIA GPU)")
+    p.add_argument("--backend", choices=("ort", "tensorrt"), action="append", help="the PyTorch reference and "
+                   "ONNX Runtime are always measured; --backend tensorrt adds a TensorRT engine built from the first "
+                   "MODEL.onnx: a tensorrt row (host clock, copies and boxes included) and a tensorrt-engine row "
+                   "(CUDA events around the engine alone); needs an NVIDIA GPU")
     p.add_argument("--rtx", action="store_true", help="with --backend tensorrt: TensorRT for RTX")
     p.add_argument("--json", type=Path, help="write the report as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of latency bars here")

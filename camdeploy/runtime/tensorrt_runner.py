@@ -252,6 +252,7 @@ class TensorRTRunner(Runner):
         self._stream: Any = None
         self._buffers: dict[str, _DeviceBuffer] = {}
         self._outputs: list[str] = []
+        self._batch_range = (options.batch[0], options.batch[2])
         self._weight: np.ndarray | None = None
 
     def open(self) -> None:
@@ -277,6 +278,9 @@ class TensorRTRunner(Runner):
         self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self._trt = trt
         self._engine = engine
+        # The batch range the engine really takes (a prebuilt plan may differ from self.options).
+        low, _, high = (shape[0] for shape in engine.get_tensor_profile_shape("images", 0))
+        self._batch_range = (int(low), int(high))
         self._context = engine.create_execution_context()
         self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._buffers = {n: _DeviceBuffer() for n in names}
@@ -294,7 +298,7 @@ class TensorRTRunner(Runner):
     def _enqueue(self, images: np.ndarray, wanted: list[str]) -> dict[str, np.ndarray]:
         """Copy ``images`` in, run, copy ``wanted`` outputs back; all on the stream, one sync."""
         cudart, trt, context = _cudart(), self._trt, self._context
-        low, _, high = self.options.batch
+        low, high = self._batch_range
         if not low <= len(images) <= high:
             raise CamdeployError(f"batch of {len(images)}: the engine's profile takes {low} to {high} images; "
                                  "rebuild with a wider --batch min,opt,max")

@@ -271,6 +271,9 @@ def _fake_tensorrt(onnx_path, cuda):
         def get_tensor_dtype(self, name):
             return dtypes[name]
 
+        def get_tensor_profile_shape(self, name, profile):
+            return [(1, 3, *SIZE), (4, 3, *SIZE), (8, 3, *SIZE)]
+
         def create_execution_context(self):
             return Context()
 
