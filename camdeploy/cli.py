@@ -552,7 +552,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for runner in opened:
             runner.close()
     for name, runner in runners.items():
-        config[name].update(common, box_threshold=runner.box_threshold, versions=_versions())
+        config[name].update(common, box_threshold=runner.box_threshold, versions=_versions(),
+                            box_path=getattr(runner, "box_path", "host"))
     print(format_table(report))
     if args.json:
         write_json(report, config, args.json)

@@ -63,7 +63,10 @@ def check_tensorrt(path: str | Path, *, build: bool = True, batch: tuple[int, in
     trt = load_tensorrt(module)
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # strongly typed by default in TensorRT 10+/RTX
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # as `camdeploy build` does
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     report = TensorRTCheck(trt.__name__, trt.__version__)
     if not parser.parse_from_file(str(path)):
