@@ -25,16 +25,16 @@ the tests on adversarial maps).
 2. Node ``p`` and its 8 neighbours (same row, left and right band; row above and below, bands
    -1, 0, +1) are connected when both are non-empty and their column intervals touch or overlap
    (``lo' <= hi + 1`` and ``lo <= hi' + 1``): 8-connectivity of pixels, exactly.
-3. Vertical runs (nodes of one band linked row after row) get their first and last node by
-   pointer doubling, once. Labels start as the run's last node + 1. Each round of a ``Loop``:
-   every node takes the largest label among its neighbours in other bands (``Gather`` of a
-   constant neighbour table), then every run takes the largest label among its nodes (a sparse
-   table: two lookups cover any run), then labels jump (``label = label[label - 1]`` through
-   ``GatherElements``). When no neighbour offers a larger label the loop stops (the rest of that
-   round is skipped by an ``If``). Labels only grow and stay inside their component, and the
-   fixed point is constant on each component: exact whatever the number of rounds, which is
-   about the number of turns a component takes between bands (at most 5 per batch on a sample
-   of 80 dev images).
+3. Runs: nodes of one band linked row after row (vertical runs) and nodes of one row linked band
+   after band (row runs) get their first and last node by pointer doubling, once. Labels start
+   as the vertical run's last node + 1. Each round of a ``Loop``: every node takes the largest
+   label among its diagonal neighbours (``Gather`` of a constant neighbour table), then the
+   largest in its row run, then in its vertical run (sparse tables: two lookups cover any run),
+   then labels jump (``label = label[label - 1]`` through ``GatherElements``). When no diagonal
+   neighbour and no row run offers a larger label the loop stops (the rest of that round is
+   skipped by an ``If``). Labels only grow and stay inside their component, and the fixed point
+   is constant on each component: exact whatever the number of rounds, which is about the number
+   of turns a component takes (at most 3 per batch of 16 images on a sample of 80 dev images).
 4. Areas without scatter reductions (which TensorRT lacks): sort the nodes by label (``TopK``
    with ``K = P``, which TensorRT allows up to 3840), then doubling scans give each stretch of
    equal labels its pixel count; the stretch's last node is its first in raster order.
@@ -137,9 +137,9 @@ class _Builder:
         return self.op(op_type, *inputs, hint=hint, **attrs)[0]
 
 
-SIDE_OFFSETS = ((0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
-"""(row, band) offsets of the neighbours in other bands; the node straight above or below (same
-band) is reached through the vertical runs instead."""
+DIAGONAL_OFFSETS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+"""(row, band) offsets of the diagonal neighbours; the others (same band in the rows above and
+below, other bands in the same row) are reached through the vertical and row runs."""
 
 
 def _neighbour_table(height: int, bands: int, offsets: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -220,66 +220,78 @@ def add_box_nodes(b: _Builder, cams: str, *, height: int, layout: BandLayout, to
         hi_n1 = b("Add", b("Gather", hi_or_none, table, axis=0), one)
         return table, b("And", b("LessOrEqual", lo_n, hi1), b("LessOrEqual", lo_own, hi_n1))
 
-    side_table, side_links = linked(SIDE_OFFSETS)
+    side_table, side_links = linked(DIAGONAL_OFFSETS)
     _, below = linked(((1, 0),))
     _, above = linked(((-1, 0),))
+    _, right = linked(((0, 1),))
+    _, left = linked(((0, -1),))
 
-    # Vertical runs: nodes of one band linked row to row. Their first (head) and last (tail)
-    # node, by pointer doubling along the links, once.
+    # Runs: nodes linked row after row within one band (vertical runs), or band after band within
+    # one row (row runs). Their first and last node, by pointer doubling along the links, once;
+    # then what a range maximum over the run needs: a sparse table keeps at level s the maximum
+    # over 2^s consecutive nodes of the run, and two lookups at level floor(log2(length)) cover it.
     i32 = np.int32
     index = b.const(np.arange(p, dtype=i32)[:, None], "index")  # [P, 1]
-    rounds = max(1, int(np.ceil(np.log2(height))))
 
-    def run_end(link: str, step: int) -> str:
-        end = b("Where", b("Squeeze", link, b.const([0], "ax", i64)),
-                b("Add", index, b.const(step, "step", i32)), index)
-        for _ in range(rounds):
-            end = b("GatherElements", end, end, axis=0)
-        return end
+    def run(forward: str, backward: str, unit: int, count: int) -> tuple[str, str, str, int]:
+        """(first node, lookup A, lookup B, levels) for runs of up to ``count`` nodes ``unit`` apart."""
+        levels = max(1, int(np.ceil(np.log2(count)))) if count > 1 else 1
 
-    tail, head = run_end(below, nb), run_end(above, -nb)
-    # Range maximum over a run [head, tail] from a sparse table: level s holds the maximum over
-    # 2^s rows; two lookups at level floor(log2(rows in run)) cover the run.
-    length = b("Add", b("Div", b("Sub", tail, head), b.const(nb, "nb", i32)), b.const(1, "one", i32))
-    powers = b.const((2 ** np.arange(1, rounds, dtype=np.int32))[:, None, None], "powers")  # [rounds-1, 1, 1]
-    level = b("ReduceSum", b("Cast", b("GreaterOrEqual", b("Unsqueeze", length, b.const([0], "ax", i64)), powers),
-                             to=TensorProto.INT32), b.const([0], "axes", i64), keepdims=0)  # floor(log2(length))
-    span = b("Gather", b.const((2 ** np.arange(rounds) - 1) * nb, "span", i32), level, axis=0)
-    first_at = b("Add", b("Mul", level, b.const(p, "p", i32)), head)
-    last_at = b("Add", b("Mul", level, b.const(p, "p", i32)), b("Sub", tail, span))
+        def end(link: str, step: int) -> str:
+            at = b("Where", b("Squeeze", link, b.const([0], "ax", i64)), b("Add", index, b.const(step, "step", i32)),
+                   index)
+            for _ in range(levels):
+                at = b("GatherElements", at, at, axis=0)
+            return at
+
+        last, first = end(forward, unit), end(backward, -unit)
+        length = b("Add", b("Div", b("Sub", last, first), b.const(unit, "unit", i32)), b.const(1, "one", i32))
+        if levels > 1:
+            powers = b.const((2 ** np.arange(1, levels, dtype=np.int32))[:, None, None], "powers")
+            level = b("ReduceSum", b("Cast", b("GreaterOrEqual", b("Unsqueeze", length, b.const([0], "ax", i64)),
+                                               powers), to=TensorProto.INT32),
+                      b.const([0], "axes", i64), keepdims=0)  # floor(log2(length))
+        else:
+            level = b("Mul", length, b.const(0, "zero", i32))
+        span = b("Gather", b.const((2 ** np.arange(levels, dtype=np.int32) - 1) * unit, "span"), level, axis=0)
+        base = b("Mul", level, b.const(p, "p", i32))
+        return last, b("Add", base, first), b("Add", base, b("Sub", last, span)), levels
+
+    tail, first_at, last_at, vertical_levels = run(below, above, nb, height)
+    _, row_first_at, row_last_at, row_levels = run(right, left, 1, nb)
     side_mask = b("Cast", side_links, to=TensorProto.INT32)  # [S, P, M]
 
-    # Labels: run tail + 1 (0 for empty nodes). Each round: take the largest label over the
-    # neighbours in other bands, then the largest over the run, then jump (label = label of node
-    # label - 1); until no neighbour offers a larger label.
+    def range_max(g: _Builder, x: str, unit: int, levels: int, first: str, last: str) -> str:
+        """In-loop: the maximum of ``x`` over each node's run, from a sparse table."""
+        table, current = [x], x
+        for k in range(levels - 1):
+            shift = (2**k) * unit
+            if shift < p:
+                current = g("Max", current, g("Pad", g("Slice", current, g.const([shift], "s", i64),
+                                                       g.const([p], "e", i64), g.const([0], "ax", i64)),
+                                              g.const([0, 0, shift, 0], "pads", i64), mode="constant"))
+            table.append(current)
+        stacked = g("Concat", *table, axis=0) if levels > 1 else x  # [levels * P, M]
+        return g("Max", g("GatherElements", stacked, first, axis=0), g("GatherElements", stacked, last, axis=0))
+
+    # Labels: vertical run's last node + 1 (0 for empty nodes). Each round: take the largest label
+    # over the diagonal neighbours, then over the row run, then over the vertical run, then jump
+    # (label = label of node label - 1); until nothing is offered a larger label.
     zero_row_i = b("Cast", zero_row, to=TensorProto.INT32)
     labels0 = b("Where", valid_b, b("Add", tail, b.const(1, "one", i32)), b.const(0, "zero", i32))
     body = _Builder(b.prefix + "loop_")
     body_in = body.name("labels_in")
     nothing = body.const(0, "zero", i32)
     fetched = body("Mul", side_mask, body("Gather", body("Concat", body_in, zero_row_i, axis=0), side_table, axis=0))
-    slots = body.op("Split", fetched, axis=0, num_outputs=len(SIDE_OFFSETS), outputs=len(SIDE_OFFSETS))
-    spread_labels = body("Squeeze", body("Max", *slots), body.const([0], "ax", i64))  # faster than ReduceMax
-    grown = body("Max", body_in, spread_labels)
-    # Runs hold one label at the start of every round; so if no side neighbour offers a larger
-    # one, every link joins equal labels: done. Only then is the rest of the round skipped.
+    slots = body.op("Split", fetched, axis=0, num_outputs=len(DIAGONAL_OFFSETS), outputs=len(DIAGONAL_OFFSETS))
+    grown = body("Max", body_in, body("Squeeze", body("Max", *slots), body.const([0], "ax", i64)))
+    grown = range_max(body, grown, 1, row_levels, row_first_at, row_last_at)
+    # Vertical runs hold one label at the start of every round. So if no diagonal neighbour offers
+    # a larger label and every row run already holds one label, every link joins equal labels:
+    # done, and the rest of the round is skipped.
     changed = body("Greater", body("ReduceMax", body("Sub", grown, body_in), keepdims=0), nothing)
     merge = _Builder(b.prefix + "merge_")
-    levels, current = [grown], grown
-    for k in range(rounds - 1):
-        shift = (2**k) * nb
-        if shift >= p:
-            break
-        shifted = merge("Pad", merge("Slice", current, merge.const([shift], "s", i64), merge.const([p], "e", i64),
-                                     merge.const([0], "ax", i64)),
-                        merge.const([0, 0, shift, 0], "pads", i64), mode="constant")
-        current = merge("Max", current, shifted)
-        levels.append(current)
-    while len(levels) < rounds:
-        levels.append(current)
-    table_max = merge("Concat", *levels, axis=0)  # [rounds * P, M]
-    over_run = merge("Max", merge("GatherElements", table_max, first_at, axis=0),
-                     merge("GatherElements", table_max, last_at, axis=0))
+    over_run = range_max(merge, grown, nb, vertical_levels, first_at, last_at)
     pointer = merge("Where", merge("Greater", over_run, merge.const(0, "zero", i32)),
                     merge("Sub", over_run, merge.const(1, "one", i32)), merge.const(p, "p", i32))
     merged = merge("GatherElements", merge("Concat", over_run, zero_row_i, axis=0), pointer, axis=0)

@@ -159,6 +159,8 @@ def build_engine(onnx_path: str | os.PathLike[str], options: EngineOptions = Eng
         raise CamdeployError(f"MODEL {source}: cannot read it ({exc.strerror or exc})") from exc
     trt = _tensorrt(options)
     gpu = gpu_descriptor(device)
+    if gpu != NO_GPU:  # TensorRT builds for the current device: make it the one named in the key
+        _check(_cudart().cudaSetDevice(device), "cudaSetDevice")
     key = engine_key(onnx_bytes, trt.__name__, trt.__version__, gpu, options)
     cached = (cache_folder or cache_dir() / "tensorrt") / f"{source.stem}-{key}.plan"
     hit = cached.is_file()
@@ -247,6 +249,7 @@ class TensorRTRunner(Runner):
         self.box_path = "host"
         self.device = device
         self.gpu = ""
+        self._trt: Any = None
         self._engine: Any = None
         self._context: Any = None
         self._stream: Any = None
@@ -287,13 +290,16 @@ class TensorRTRunner(Runner):
         self.is_open = True
 
     def close(self) -> None:
-        for buffer in self._buffers.values():
-            buffer.free()
-        self._buffers = {}
-        if self._stream is not None:
-            _check(_cudart().cudaStreamDestroy(self._stream), "cudaStreamDestroy")
-        self._stream = self._context = self._engine = None
+        buffers, stream = list(self._buffers.values()), self._stream
+        self._buffers, self._stream = {}, None
+        self._context = self._engine = None
         self.is_open = False
+        try:  # release everything even if one CUDA call fails (after a sticky error, say)
+            for buffer in buffers:
+                buffer.free()
+        finally:
+            if stream is not None:
+                _check(_cudart().cudaStreamDestroy(stream), "cudaStreamDestroy")
 
     def _enqueue(self, images: np.ndarray, wanted: list[str]) -> dict[str, np.ndarray]:
         """Copy ``images`` in, run, copy ``wanted`` outputs back; all on the stream, one sync."""
@@ -342,7 +348,8 @@ class TensorRTRunner(Runner):
         try:
             for i in range(warmup + repeats):
                 _check(cudart.cudaEventRecord(start, self._stream), "cudaEventRecord")
-                self._context.execute_async_v3(int(self._stream))
+                if not self._context.execute_async_v3(int(self._stream)):
+                    raise CamdeployError("TensorRT: execute_async_v3 failed (see TensorRT's messages)")
                 _check(cudart.cudaEventRecord(end, self._stream), "cudaEventRecord")
                 _check(cudart.cudaEventSynchronize(end), "cudaEventSynchronize")
                 if i >= warmup:
