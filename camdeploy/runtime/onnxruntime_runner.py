@@ -18,8 +18,9 @@ PROVIDERS = {
 _OUTPUTS = ["logits", "classes", "scores", "cams"]
 GRAPH_BOXES_FASTER = {"cpu": False, "cuda": True, "tensorrt": True}
 """Default box path per provider (``--box-path auto``). CPU: measured by ``camdeploy bench``
-(benchmarks/results/RESULTS.md), where the OpenCV rule is faster; on a GPU the graph's boxes
-avoid copying every CAM back to the host."""
+(benchmarks/results/RESULTS.md, GRAPH_BOXES.md): about the same cost at batch 16, the OpenCV
+rule cheaper at small batches; on a GPU the graph's boxes avoid copying every CAM back to the
+host."""
 
 
 def usable_cpus() -> int:
