@@ -117,3 +117,18 @@ class NoHead(nn.Module):
 def build_torchvision_style() -> nn.Module:
     """Used as ``--model tiny_models:build_torchvision_style`` by the CLI tests."""
     return seeded(TorchvisionStyle())
+
+
+def write_rejected_by_tensorrt(path):
+    """Write an ONNX graph TensorRT refuses, and return its path: an int32 tensor fed to a
+    DequantizeLinear named ``bias_dq``, as ONNX Runtime writes quantized biases (TensorRT
+    dequantizes only 8-bit and narrower types)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor("x", TensorProto.INT32, [2], [1, 2])
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])
+    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["x", "s"], ["y"], name="bias_dq")], "g",
+                              [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [x, scale])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path

@@ -143,13 +143,6 @@ def _torchcam_call(model: Any, topk: int, threshold: float, size: tuple[int, int
     return call
 
 
-def has_graph_boxes(path: Path) -> bool:
-    """Whether the ONNX file computes boxes itself (``camdeploy export --boxes graph``)."""
-    import onnx
-
-    return any(o.name == "boxes" for o in onnx.load(str(path), load_external_data=False).graph.output)
-
-
 def _batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     return np.stack([images[i % len(images)] for i in range(size)])
 
@@ -180,7 +173,11 @@ def run_bench(onnx_paths: Sequence[Path], torch_model: object, image_paths: Sequ
         for path in onnx_paths:
             name = "ort" if len(onnx_paths) == 1 else f"ort:{Path(path).name}"
             runners[name] = OnnxRuntimeRunner(path, threads=threads, box_path="host")
-        if has_graph_boxes(Path(onnx_paths[0])):
+        import onnx
+
+        from camdeploy.export.graph_boxes import has_box_outputs
+
+        if has_box_outputs(onnx.load(str(onnx_paths[0]), load_external_data=False)):
             runners["ort-graph-boxes"] = OnnxRuntimeRunner(onnx_paths[0], threads=threads, box_path="graph")
         spec = next(iter(runners.values())).spec
         runners = {REFERENCE: TorchRunner(torch_model, spec), **runners}

@@ -414,6 +414,11 @@ def add_graph_boxes(model: onnx.ModelProto, *, feature_width: int, topk: int, th
     return layout
 
 
+def has_box_outputs(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` computes boxes itself (exported with ``--boxes graph``)."""
+    return any(o.name == "boxes" for o in model.graph.output)
+
+
 def node_count(height: int, layout: BandLayout) -> int:
     """Nodes per map: the K of the graph's TopK, which TensorRT limits to :data:`TENSORRT_TOPK_LIMIT`."""
     return height * layout.count

@@ -154,16 +154,16 @@ class OnnxRuntimeRunner(Runner):
         """The path to load, or the serialized graph with the box nodes cut out for the host path."""
         import onnx
 
+        from camdeploy.export.graph_boxes import has_box_outputs, strip_graph_boxes
+
         try:
             proto = onnx.load(self.path)
         except Exception as exc:
             raise CamdeployError(f"MODEL {self.path}: not a readable ONNX file ({exc})") from exc
-        has_boxes = any(o.name == "boxes" for o in proto.graph.output)
+        has_boxes = has_box_outputs(proto)
         self.box_path = resolve_box_path(self.box_path_choice, has_boxes, GRAPH_BOXES_FASTER[self.provider],
                                          self.box_threshold == self.spec.box_threshold, self.path)
         if has_boxes and self.box_path == "host":
-            from camdeploy.export.graph_boxes import strip_graph_boxes
-
             return strip_graph_boxes(proto).SerializeToString()
         return self.path
 

@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from camdeploy.errors import CamdeployError
+from camdeploy.export.graph_boxes import has_box_outputs
 from camdeploy.metadata import ModelSpec, read_spec
+from camdeploy.onnxfile import write_checked
 from camdeploy.runtime.runner import Runner, resolve_box_path
 from camdeploy.runtime.tensorrt_check import load_tensorrt
 
@@ -121,16 +123,10 @@ def engine_key(onnx_bytes: bytes, module: str, version: str, gpu: str, options: 
 
 
 def _write_atomically(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    def write(temporary: Path) -> None:
         temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise CamdeployError(f"{path}: cannot write the engine there ({exc.strerror or exc})") from exc
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+
+    write_checked(path, write, lambda temporary: None, label=f"engine {path}")
 
 
 @dataclass
@@ -254,7 +250,6 @@ class TensorRTRunner(Runner):
         self._context: Any = None
         self._stream: Any = None
         self._buffers: dict[str, _DeviceBuffer] = {}
-        self._outputs: list[str] = []
         self._batch_range = (options.batch[0], options.batch[2])
         self._weight: np.ndarray | None = None
 
@@ -264,8 +259,8 @@ class TensorRTRunner(Runner):
         cudart = _cudart()
         self.gpu = require_gpu(self.device)
         _check(cudart.cudaSetDevice(self.device), "cudaSetDevice")
-        outputs = [o.name for o in onnx.load(self.path, load_external_data=False).graph.output]
-        self.box_path = resolve_box_path(self.box_path_choice, "boxes" in outputs, True,
+        has_boxes = has_box_outputs(onnx.load(self.path, load_external_data=False))
+        self.box_path = resolve_box_path(self.box_path_choice, has_boxes, True,
                                          self.box_threshold == self.spec.box_threshold, self.path)
         plan_path = self.plan or build_engine(self.path, self.options, device=self.device).path
         trt = _tensorrt(self.options)
@@ -278,7 +273,6 @@ class TensorRTRunner(Runner):
             raise CamdeployError(f"engine {plan_path}: TensorRT {trt.__version__} cannot load it (built by another "
                                  "version or for another GPU? rebuild it with `camdeploy build`)")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self._trt = trt
         self._engine = engine
         # The batch range the engine really takes (a prebuilt plan may differ from self.options).

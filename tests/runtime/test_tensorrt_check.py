@@ -3,7 +3,6 @@
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from camdeploy.calibration.data import CalibrationData
 from camdeploy.calibration.quantize import convert_fp16, quantize_int8
@@ -64,13 +63,8 @@ def test_the_real_model_builds(lite0_onnx, capsys):
 
 
 def test_rejected_nodes_are_listed(tmp_path, capsys):
-    # An int32 tensor fed to DequantizeLinear, as ONNX Runtime writes quantized biases: TensorRT
-    # dequantizes only 8-bit and narrower types.
-    x = helper.make_tensor("x", TensorProto.INT32, [2], [1, 2])
-    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])
-    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["x", "s"], ["y"], name="bias_dq")], "g",
-                              [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [x, scale])
-    path = tmp_path / "bad.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    from tiny_models import write_rejected_by_tensorrt
+
+    path = write_rejected_by_tensorrt(tmp_path / "bad.onnx")
     assert main(["check", str(path)]) == 1
     assert "rejected: node bias_dq (DequantizeLinear)" in capsys.readouterr().out

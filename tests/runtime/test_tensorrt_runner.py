@@ -4,9 +4,7 @@ errors without a GPU, and, on a machine with one, results equal to ONNX Runtime'
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from camdeploy.cli import main
 from camdeploy.errors import CamdeployError
@@ -71,12 +69,9 @@ def test_build_caches_and_copies_the_engine(tiny, tmp_path):
 
 @pytest.mark.tensorrt
 def test_a_graph_tensorrt_rejects_names_the_node_and_leaves_nothing(tmp_path):
-    x = helper.make_tensor("x", TensorProto.INT32, [2], [1, 2])
-    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])
-    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["x", "s"], ["y"], name="bias_dq")], "g",
-                              [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [x, scale])
-    path = tmp_path / "bad.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    from tiny_models import write_rejected_by_tensorrt
+
+    path = write_rejected_by_tensorrt(tmp_path / "bad.onnx")
     cache = tmp_path / "cache"
     with pytest.raises(CamdeployError, match=r"cannot build .*bad.onnx: node bias_dq \(DequantizeLinear\)"):
         build_engine(path, cache_folder=cache, output=tmp_path / "bad.plan")
@@ -265,9 +260,6 @@ def _fake_tensorrt(onnx_path, cuda):
         def get_tensor_name(self, i):
             return names[i]
 
-        def get_tensor_mode(self, name):
-            return "input" if name == "images" else "output"
-
         def get_tensor_dtype(self, name):
             return dtypes[name]
 
@@ -286,7 +278,7 @@ def _fake_tensorrt(onnx_path, cuda):
     return SimpleNamespace(
         __name__="tensorrt", __version__="fake", Logger=Logger,
         Runtime=lambda _: SimpleNamespace(deserialize_cuda_engine=lambda data: Engine()),
-        TensorIOMode=SimpleNamespace(OUTPUT="output", INPUT="input"), nptype=lambda dtype: dtype)
+        nptype=lambda dtype: dtype)
 _fake_tensorrt.__test__ = False  # type: ignore[attr-defined]
 
 
