@@ -7,11 +7,16 @@
   reason otherwise.
 * ``cuda``: needs a GPU that CUDA sees through cuda-python (the TensorRT runner); skipped with
   CUDA's own reason otherwise. Nothing is ever "passed" by returning early.
+
+Tools that CI installs (``.ci/run`` sets ``CAMDEPLOY_CI=1``) are requested through
+:func:`require_tool`: outside CI a missing tool skips the test with the reason, under CI it fails
+it, so that CI never counts a skipped check as passed.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CAMDEPLOY_DATA", REPO.parent / "shared" / "data"))
 DEV = DATA / "imagenet-val" / "dev"
+
+
+def require_tool(name: str, purpose: str) -> str:
+    """The path of the command ``name``; skip the test without it, or fail under CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed ({purpose}); .ci/run installs it"
+        if os.environ.get("CAMDEPLOY_CI"):
+            pytest.fail(f"under CI: {message}")
+        pytest.skip(message)
+    return path
 
 
 def gpu_reason() -> str | None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
 
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec, read_spec
+from camdeploy.runtime.int8 import INT8_MODES, plan_for
 from camdeploy.runtime.runner import Runner, resolve_box_path
 
 PROVIDERS = {
@@ -67,16 +69,18 @@ def read_class_weight(path: str, num_classes: int) -> np.ndarray:
                          "re-export it with `camdeploy export`")
 
 
-def graph_precision(path: str) -> str:
+def proto_precision(model: onnx.ModelProto) -> str:
     """``int8`` for a Q/DQ graph, ``fp16`` when its weights are float16, else ``fp32``."""
-    import onnx
-
-    model = onnx.load(path)
     if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
         return "int8"
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
         return "fp16"
     return "fp32"
+
+
+def graph_precision(path: str) -> str:
+    """:func:`proto_precision` of an ``.onnx`` file."""
+    return proto_precision(onnx.load(path))
 
 
 class OnnxRuntimeRunner(Runner):
@@ -94,24 +98,34 @@ class OnnxRuntimeRunner(Runner):
             then cut from the graph before loading, so that they cost nothing) or ``auto``
             (default): the faster of the two for the provider, :data:`GRAPH_BOXES_FASTER`.
         trt_batch: ``(min, opt, max)`` batch of the TensorRT provider's optimization profile.
+        int8: how a Q/DQ INT8 graph runs: ``simulate``, ``kernels`` or ``auto`` (default), see
+            :mod:`camdeploy.runtime.int8`; :attr:`execution` says what was chosen.
     """
 
     name = "ort"
 
     def __init__(self, path: str | os.PathLike[str], provider: str = "cpu", threads: int | None = None,
                  box_threshold: float | None = None, spec: ModelSpec | None = None, box_path: str = "auto",
-                 trt_batch: tuple[int, int, int] = (1, 8, 32)):
+                 trt_batch: tuple[int, int, int] = (1, 8, 32), int8: str = "auto"):
         self.path = str(path)
         super().__init__(spec or read_spec(self.path), box_threshold)
         if provider not in PROVIDERS:
             raise CamdeployError(f"--provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
         if threads is not None and threads < 1:
             raise CamdeployError(f"--threads {threads}: expected a positive number")
+        if int8 not in INT8_MODES:
+            raise CamdeployError(f"--int8 {int8!r}: expected one of {', '.join(INT8_MODES)}")
         self.provider = provider
         self.threads = threads
         self.box_path_choice = box_path
         self.box_path = "host"
         self.trt_batch = trt_batch
+        self.int8 = int8
+        self.precision = ""
+        """``fp32``, ``fp16`` or ``int8``, known once open."""
+        self.execution = ""
+        """How the graph runs, once open: the precision, or for INT8 the label of its
+        :class:`~camdeploy.runtime.int8.Int8Plan` (``simulated int8``, ``int8 kernels (U8S8)``...)."""
         self._session = None
         self._weight: np.ndarray | None = None
 
@@ -133,7 +147,9 @@ class OnnxRuntimeRunner(Runner):
         # TensorRT hands the nodes it cannot take to CUDA, then CPU, as ONNX Runtime recommends.
         providers = {"cpu": [wanted], "cuda": [wanted, "CPUExecutionProvider"],
                      "tensorrt": [wanted, "CUDAExecutionProvider", "CPUExecutionProvider"]}[self.provider]
-        model = self._load_model()
+        model, config = self._load_model()
+        for key, value in config.items():
+            options.add_session_config_entry(key, value)
         options_per_provider: list[dict[str, str]] = [{} for _ in providers]
         if self.provider == "tensorrt":
             options_per_provider[0] = self._tensorrt_options()
@@ -150,22 +166,26 @@ class OnnxRuntimeRunner(Runner):
         self._session = session
         self.is_open = True
 
-    def _load_model(self) -> str | bytes:
-        """The path to load, or the serialized graph with the box nodes cut out for the host path."""
-        import onnx
-
+    def _load_model(self) -> tuple[str | bytes, dict[str, str]]:
+        """The path to load (or the serialized graph with the box nodes cut out for the host path),
+        and the session options that the graph's precision calls for."""
         from camdeploy.export.graph_boxes import has_box_outputs, strip_graph_boxes
 
         try:
             proto = onnx.load(self.path)
         except Exception as exc:
             raise CamdeployError(f"MODEL {self.path}: not a readable ONNX file ({exc})") from exc
+        self.precision = self.execution = proto_precision(proto)
+        config: dict[str, str] = {}
+        plan = plan_for(proto, self.int8)
+        if plan is not None:
+            config, self.execution = plan.session_config, plan.label
         has_boxes = has_box_outputs(proto)
         self.box_path = resolve_box_path(self.box_path_choice, has_boxes, GRAPH_BOXES_FASTER[self.provider],
                                          self.box_threshold == self.spec.box_threshold, self.path)
         if has_boxes and self.box_path == "host":
-            return strip_graph_boxes(proto).SerializeToString()
-        return self.path
+            return strip_graph_boxes(proto).SerializeToString(), config
+        return self.path, config
 
     def _tensorrt_options(self) -> dict[str, str]:
         """ONNX Runtime's TensorRT provider: an engine cache beside our own, and a batch profile."""

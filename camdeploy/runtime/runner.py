@@ -45,6 +45,12 @@ class Runner(ABC):
     """
 
     name = "runner"
+    precision = "fp32"
+    """``fp32``, ``fp16`` or ``int8``: the precision of the model this runner runs."""
+    execution = "fp32"
+    """How it runs, for reports: the precision, or e.g. ``simulated int8`` (see each runner)."""
+    box_path = "host"
+    """Where boxes come from: ``graph`` (the model's boxes output) or ``host`` (the OpenCV rule)."""
 
     def __init__(self, spec: ModelSpec, box_threshold: float | None = None):
         self.spec = spec
@@ -68,6 +74,11 @@ class Runner(ABC):
     @abstractmethod
     def class_weight(self) -> np.ndarray:
         """The linear head's weight ``W float32 [K, C]``, for CAMs of classes outside the top T."""
+
+    def describe(self) -> dict[str, str]:
+        """What reports say about this runner: backend, precision, execution and box path."""
+        return {"backend": self.name, "precision": self.precision, "execution": self.execution,
+                "box_path": self.box_path}
 
     def infer(self, images: np.ndarray, features: bool = False) -> CamResult:
         """Run a preprocessed batch; boxes are in input-tensor pixels.

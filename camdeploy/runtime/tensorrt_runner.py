@@ -29,6 +29,7 @@ from camdeploy.errors import CamdeployError
 from camdeploy.export.graph_boxes import has_box_outputs
 from camdeploy.metadata import ModelSpec, read_spec
 from camdeploy.onnxfile import write_checked
+from camdeploy.runtime.onnxruntime_runner import proto_precision
 from camdeploy.runtime.runner import Runner, resolve_box_path
 from camdeploy.runtime.tensorrt_check import load_tensorrt
 
@@ -259,7 +260,10 @@ class TensorRTRunner(Runner):
         cudart = _cudart()
         self.gpu = require_gpu(self.device)
         _check(cudart.cudaSetDevice(self.device), "cudaSetDevice")
-        has_boxes = has_box_outputs(onnx.load(self.path, load_external_data=False))
+        proto = onnx.load(self.path, load_external_data=False)
+        has_boxes = has_box_outputs(proto)
+        self.precision = proto_precision(proto)
+        self.execution = f"TensorRT {self.precision}"
         self.box_path = resolve_box_path(self.box_path_choice, has_boxes, True,
                                          self.box_threshold == self.spec.box_threshold, self.path)
         plan_path = self.plan or build_engine(self.path, self.options, device=self.device).path
