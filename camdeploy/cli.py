@@ -69,6 +69,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _add_int8(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--int8", choices=("auto", "simulate", "kernels"), default="auto",
+                   help="how ONNX Runtime runs an INT8 (Q/DQ) model: simulate (float math on dequantized values, what "
+                   "TensorRT computes), kernels (ONNX Runtime's int8 kernels, exact on every CPU: U8U8 where a CPU "
+                   "without VNNI would saturate), auto (default): simulate for models calibrated for TensorRT, "
+                   "kernels for those calibrated for the CPU")
+
+
 def _add_box_path(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box-path", choices=("auto", "graph", "host"), default="auto",
                    help="where boxes come from: graph (the model's boxes output), host (OpenCV on the CAMs), or "
@@ -128,6 +136,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="image resize (default: the mode stored in MODEL.onnx)")
     p.add_argument("--box-threshold", type=float, help="override the model's tau")
     _add_box_path(p)
+    _add_int8(p)
     _add_engine_options(p)
     p.add_argument("--overlays", action="store_true",
                    help="also write a PNG per image with the top-1 heatmap, box and label")
@@ -188,6 +197,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    "loose and tight boxes for the top-3 classes")
     p.add_argument("--box-threshold", type=float, help="tau of the box rule (default: the model's)")
     _add_box_path(p)
+    _add_int8(p)
     _add_engine_options(p)
     p.add_argument("--json", type=Path, help="write the report as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of BoxAcc against CAM threshold here")
@@ -221,6 +231,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--e2e-repeats", type=int, default=5, help="end-to-end runs per row (default 5)")
     p.add_argument("--threads", type=int, help="threads for every backend (default: the CPUs this process may use)")
     p.add_argument("--no-torchcam", action="store_true", help="leave out the torchcam peer row")
+    _add_int8(p)
     p.add_argument("--backend", choices=("ort", "tensorrt"), action="append", help="the PyTorch reference and "
                    "ONNX Runtime are always measured; --backend tensorrt adds a TensorRT engine built from the first "
                    "MODEL.onnx: a tensorrt row (host clock, copies and boxes included) and a tensorrt-engine row "
@@ -236,8 +247,10 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         "calibrate", help="INT8 (Q/DQ) variant of an exported model",
         description="Quantize an exported model to INT8 with Q/DQ nodes (ONNX Runtime static quantization), "
         "calibrated on images that must not be evaluation images. Only the backbone is quantized: the "
-        "linear head and the CAM head stay float32. The calibration files are recorded in the model, and "
-        "`camdeploy eval` refuses to evaluate it on any of them.")
+        "linear head and the CAM head stay float32. Before the model is written, it is run beside the float "
+        "model on images held back from the draw, as `camdeploy run` would run it on this machine, and refused "
+        "below --min-agreement. The calibration files are recorded in the model, and `camdeploy eval` refuses to "
+        "evaluate it on any of them.")
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("--images", required=True, nargs="+", help="calibration image files or folders")
     p.add_argument("--output", required=True, type=Path, help="where to write the INT8 .onnx")
@@ -248,8 +261,17 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
                    help="tensorrt: symmetric int8, zero points 0 (default); cpu: uint8 activations, which ONNX "
                    "Runtime's CPU kernels run fast but TensorRT refuses")
+    p.add_argument("--reduce-range", action="store_true", help="weights in 7 bits: ONNX Runtime's fast U8S8 "
+                   "kernels are then exact on CPUs without VNNI too (default: 8 bits; such CPUs then run exact but "
+                   "slower U8U8 kernels)")
     p.add_argument("--exclude-data", help="an evaluation dataset (as for eval --data) whose images must not be "
                    "used for calibration; they are left out of the draw")
+    p.add_argument("--verify-count", type=int, default=100, help="images held back from the draw (at most a fifth of "
+                   "it) on which the INT8 model must agree with the float one before it is written (default 100; "
+                   "0: no verification)")
+    p.add_argument("--min-agreement", type=float, default=0.9, help="least top-1 agreement with the float model on "
+                   "the held-back images (default 0.9)")
+    p.add_argument("--force", action="store_true", help="write the model even when it fails the verification")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_calibrate)
 
@@ -366,7 +388,8 @@ def _open_runner(args: argparse.Namespace):  # -> Runner
         raise CamdeployError("--engine and --rtx are options of --backend tensorrt")
     from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(args.model, args.provider, args.threads, args.box_threshold, spec, args.box_path)
+    return OnnxRuntimeRunner(args.model, args.provider, args.threads, args.box_threshold, spec, args.box_path,
+                             int8=args.int8)
 
 
 def _tensorrt_runner(args: argparse.Namespace, model: str, spec: object, batch_size: int):  # -> TensorRTRunner
@@ -525,7 +548,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             path = onnx_path if backend == "ort" else backend
             name = "ort" if backend == "ort" else Path(backend).name
             runners[name] = OnnxRuntimeRunner(path, args.provider, args.threads, args.box_threshold,
-                                              box_path=args.box_path)
+                                              box_path=args.box_path, int8=args.int8)
             config[name] = {"model": str(path), "backend": "ort", "provider": args.provider,
                             "precision": graph_precision(str(path))}
         else:
@@ -552,9 +575,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for runner in opened:
             runner.close()
     for name, runner in runners.items():
-        config[name].update(common, box_threshold=runner.box_threshold, versions=_versions(),
-                            box_path=getattr(runner, "box_path", "host"))
+        config[name].update(common, **runner.describe(), box_threshold=runner.box_threshold, versions=_versions())
     print(format_table(report))
+    for name, entry in config.items():
+        print(f"{name}: {entry['execution']}, boxes from the {entry['box_path']}")
     if args.json:
         write_json(report, config, args.json)
         print(f"JSON in {args.json}")
@@ -587,7 +611,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = BenchOptions(batch_sizes=args.batch_sizes, scopes=scopes, warmup=args.warmup, repeats=args.repeats,
                            e2e_images=args.e2e_images, e2e_repeats=args.e2e_repeats, threads=args.threads,
                            torchcam=not args.no_torchcam, tensorrt="tensorrt" in (args.backend or ()),
-                           rtx=args.rtx)
+                           rtx=args.rtx, int8=args.int8)
     report = run_bench([Path(m) for m in args.models], args.model or spec.source_model, images, options)
     print(format_table(report))
     if args.json:
@@ -601,22 +625,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from camdeploy.calibration.data import CalibrationData, pick_images
+    from camdeploy.calibration.data import CalibrationData, draw_images
     from camdeploy.calibration.quantize import Int8Config, quantize_int8
+    from camdeploy.calibration.verify import compare_models, refuse_disagreement
     from camdeploy.metadata import read_spec
 
+    if not 0.0 <= args.min_agreement <= 1.0:
+        raise CamdeployError(f"--min-agreement {args.min_agreement}: expected a fraction in [0, 1], e.g. 0.9")
     spec = read_spec(args.model)
     excluded: list[Path] = []
     if args.exclude_data:
         from camdeploy.eval.datasets import open_dataset
 
         excluded = [s.path for s in open_dataset(args.exclude_data).samples]
-    paths = pick_images(args.images, args.count, args.seed, excluded)
+    draw = draw_images(args.images, args.count, args.seed, excluded, args.verify_count)
+
+    def verify(candidate: Path) -> dict[str, str]:
+        agreement = compare_models(args.model, candidate, draw.verification, spec)
+        print(f"verified: {agreement.describe()}")
+        try:
+            refuse_disagreement(agreement, args.min_agreement)
+        except CamdeployError as exc:
+            if not args.force:
+                raise
+            print(f"camdeploy calibrate: warning: {exc}; written anyway (--force)", file=sys.stderr)
+        return agreement.as_props()
+
     start = time.perf_counter()
-    quantize_int8(args.model, args.output, CalibrationData(paths, spec, progress=not args.no_progress),
-                  Int8Config(method=args.method, target=args.target))
-    print(f"wrote {args.output}: INT8 Q/DQ ({args.target}), {args.method} calibration on {len(paths)} images, "
-          f"in {time.perf_counter() - start:.1f} s")
+    quantize_int8(args.model, args.output, CalibrationData(draw.ranges, spec, progress=not args.no_progress),
+                  Int8Config(method=args.method, target=args.target, reduce_range=args.reduce_range),
+                  verify=verify if draw.verification else None)
+    unverified = "" if draw.verification else "; not verified (--verify-count 0)"
+    print(f"wrote {args.output}: INT8 Q/DQ ({args.target}), {args.method} calibration on {len(draw.ranges)} images, "
+          f"in {time.perf_counter() - start:.1f} s{unverified}")
     return 0
 
 

@@ -57,6 +57,8 @@ class BenchOptions:
     boxes) and ``tensorrt-engine`` (CUDA events around the engine alone)."""
     rtx: bool = False
     """With ``tensorrt``: TensorRT for RTX."""
+    int8: str = "auto"
+    """How ONNX Runtime runs INT8 models (:mod:`camdeploy.runtime.int8`)."""
 
 
 @dataclass
@@ -66,9 +68,12 @@ class BenchRow:
     stats: LatencyStats
     speedup: float | None = None
     """Reference median / this median, same scope and batch."""
+    execution: str = ""
+    """How the backend ran the model (``fp32``, ``simulated int8``, ``int8 kernels (U8S8)``, ...)."""
 
     def as_dict(self) -> dict[str, object]:
-        return {"backend": self.backend, "scope": self.scope, **self.stats.as_dict(), "speedup_vs_torch": self.speedup}
+        return {"backend": self.backend, "scope": self.scope, "execution": self.execution, **self.stats.as_dict(),
+                "speedup_vs_torch": self.speedup}
 
 
 @dataclass
@@ -100,8 +105,10 @@ def machine_info(threads: int) -> dict[str, object]:
                 "numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__}
     if "torch" in sys.modules:
         versions["torch"] = sys.modules["torch"].__version__
+    from camdeploy.runtime.cpu import cpu_features, cpuinfo_flags
+
     return {"cpu": _cpu_name(), "cpus": os.cpu_count(), "threads": threads, "platform": platform.platform(),
-            "versions": versions}
+            "isa": cpu_features().as_dict(), "cpuinfo_flags": cpuinfo_flags(), "versions": versions}
 
 
 def backbone_only(path: Path, out_dir: Path) -> Path:
@@ -172,7 +179,7 @@ def run_bench(onnx_paths: Sequence[Path], torch_model: object, image_paths: Sequ
         runners: dict[str, Runner] = {}
         for path in onnx_paths:
             name = "ort" if len(onnx_paths) == 1 else f"ort:{Path(path).name}"
-            runners[name] = OnnxRuntimeRunner(path, threads=threads, box_path="host")
+            runners[name] = OnnxRuntimeRunner(path, threads=threads, box_path="host", int8=options.int8)
         import onnx
 
         from camdeploy.export.graph_boxes import has_box_outputs
@@ -212,7 +219,9 @@ def run_bench(onnx_paths: Sequence[Path], torch_model: object, image_paths: Sequ
                     say(f"model scope, batch {batch}: {', '.join(calls)}, taking turns")
                     timed = time_interleaved(calls, warmup=options.warmup, repeats=options.repeats, clock=clock)
                     for name, samples in timed.items():
-                        rows.append(BenchRow(name, "model", LatencyStats.from_samples(samples, batch)))
+                        execution = runners[name].execution if name in runners else "fp32"
+                        rows.append(BenchRow(name, "model", LatencyStats.from_samples(samples, batch),
+                                             execution=execution))
                     if "tensorrt" in runners:
                         samples = runners["tensorrt"].time_gpu(x, repeats=options.repeats,  # type: ignore[attr-defined]
                                                                warmup=options.warmup)
@@ -228,7 +237,8 @@ def run_bench(onnx_paths: Sequence[Path], torch_model: object, image_paths: Sequ
                         samples = time_calls(call, warmup=1, repeats=options.e2e_repeats, clock=clock)
                         # Each call runs all the files; report the time per batch of `batch` images.
                         per_batch = [t * batch / len(files) for t in samples]
-                        rows.append(BenchRow(name, "end-to-end", LatencyStats.from_samples(per_batch, batch)))
+                        rows.append(BenchRow(name, "end-to-end", LatencyStats.from_samples(per_batch, batch),
+                                             execution=runner.execution))
         finally:
             for runner in runners.values():
                 runner.close()
@@ -245,14 +255,16 @@ def run_bench(onnx_paths: Sequence[Path], torch_model: object, image_paths: Sequ
 
 def format_table(report: BenchReport) -> str:
     lines = [f"{'backend':<22} {'scope':<11} {'batch':>5} {'median ms':>10} {'p90':>8} {'p99':>8} "
-             f"{'ms/img':>8} {'img/s':>8} {'vs torch':>9}"]
+             f"{'ms/img':>8} {'img/s':>8} {'vs torch':>9}  execution"]
     for r in report.rows:
         s = r.stats
         speed = f"{r.speedup:.2f}x" if r.speedup else "-"
         lines.append(f"{r.backend:<22} {r.scope:<11} {s.batch:>5} {s.median_ms:>10.2f} {s.p90_ms:>8.2f} "
-                     f"{s.p99_ms:>8.2f} {s.ms_per_image:>8.2f} {s.images_per_second:>8.1f} {speed:>9}")
+                     f"{s.p99_ms:>8.2f} {s.ms_per_image:>8.2f} {s.images_per_second:>8.1f} {speed:>9}  {r.execution}")
     m = report.machine
-    lines.append(f"machine: {m['cpu']}, {m['threads']} threads; {m['versions']}")
+    features = m.get("isa")
+    isa = features.get("isa", "?") if isinstance(features, dict) else "?"
+    lines.append(f"machine: {m['cpu']} ({isa}), {m['threads']} threads; {m['versions']}")
     return "\n".join(lines)
 
 

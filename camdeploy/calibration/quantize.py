@@ -2,38 +2,43 @@
 
 INT8 is explicit quantization, the route TensorRT 10/11 and ONNX Runtime share: ONNX Runtime's
 static quantization inserts QuantizeLinear/DequantizeLinear pairs with per-channel weight scales.
-Two targets:
+Two targets, recorded in the model's metadata (``camdeploy.int8_target``):
 
 * ``tensorrt`` (default): symmetric int8 activations and weights, every zero point 0, as
-  TensorRT requires. ONNX Runtime's x86 CPU kernels are slow on signed activations (measured in
-  benchmarks/results/PRECISION.md: about 0.7x the speed of fp32 on a 2-core AVX512-VNNI EPYC),
-  so this variant is for GPUs.
+  TensorRT requires. On a CPU, ONNX Runtime runs such a graph as *simulated* int8 (float math on
+  dequantized values, which is what TensorRT computes; slower than float32): see
+  :mod:`camdeploy.runtime.int8`.
 * ``cpu``: asymmetric uint8 activations with symmetric int8 weights (U8S8), which ONNX Runtime's
-  CPU kernels run fast (measured there: 1.3-1.9x fp32, varying between runs); TensorRT does not
-  accept its nonzero activation zero points.
- Only the
-backbone, every node that the ``features`` output depends on, is quantized; pooling, the linear
-head, softmax, top-k and the whole CAM head (the class-weight contraction, upsampling and
+  CPU kernels run fast; TensorRT does not accept its nonzero activation zero points. The kernels
+  are exact on every x86-64 CPU: with VNNI directly, without it through ONNX Runtime's U8U8
+  kernels, chosen at run time, or through U8S8 with 7-bit weights (``reduce_range``).
+
+Only the backbone, every node that the ``features`` output depends on, is quantized; pooling, the
+linear head, softmax, top-k and the whole CAM head (the class-weight contraction, upsampling and
 min-max normalisation) stay in float32, so that logits, maps and boxes are computed from
 dequantized features with full-precision weights.
 
 FP16 converts the backbone to float16 with float32 inputs and outputs; the same head nodes stay
-float32, because min-max normalisation and softmax are where float16 loses most.
-"""
+float32, because min-max normalisation and softmax are where float16 loses most."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from camdeploy.calibration.data import CalibrationData
+from camdeploy.calibration.verify import VERIFICATION_KEY
 from camdeploy.errors import CamdeployError
 from camdeploy.onnxfile import save_checked
+from camdeploy.runtime.int8 import TARGET_KEY
 
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("tensorrt", "cpu")
@@ -42,12 +47,13 @@ CALIBRATION_FILES = "camdeploy.calibration_files"
 
 
 def calibration_files(model_path: str | Path) -> list[Path]:
-    """The calibration images recorded in a quantized model (empty for other models)."""
+    """The images of a quantized model's calibration draw, those that set its ranges and those held
+    back to verify it (empty for other models)."""
     model = onnx.load(str(model_path), load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == CALIBRATION_FILES:
-            return [Path(p) for p in json.loads(prop.value)]
-    return []
+    props = {p.key: p.value for p in model.metadata_props}
+    files = json.loads(props.get(CALIBRATION_FILES, "[]"))
+    files += json.loads(props.get(VERIFICATION_KEY, "{}")).get("files", [])
+    return [Path(p) for p in files]
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,9 @@ class Int8Config:
     """``tensorrt``: symmetric int8 activations (zero points 0); ``cpu``: uint8 activations (U8S8)."""
     percentile: float = 99.999
     per_channel: bool = True
+    reduce_range: bool = False
+    """Weights in 7 bits (``|q| <= 64``): ONNX Runtime's fast U8S8 kernels are then exact on every
+    x86-64 CPU, VNNI or not, at some cost in precision (see :mod:`camdeploy.runtime.int8`)."""
     quantize_head: bool = False
     """Quantize the nodes after ``features`` too (pooling, linear head, CAM head); off by default."""
 
@@ -137,13 +146,83 @@ def _named(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _backbone(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph cut at ``features``: what INT8 quantizes, and all that calibration has to observe
+    (the float heads' tensors, some constant, would only cost time and upset histogram methods)."""
+    from onnx.utils import Extractor
+
+    return Extractor(model).extract_model(["images"], ["features"])
+
+
+def _with_float_head(backbone: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
+    """The (quantized) ``backbone`` followed by ``model``'s float head nodes, with ``model``'s inputs,
+    outputs and metadata."""
+    head = [model.graph.node[i] for i, n in enumerate(model.graph.node) if n.name in set(head_nodes(model))]
+    merged = onnx.ModelProto()
+    merged.CopyFrom(model)
+    del merged.graph.node[:]
+    merged.graph.node.extend([*backbone.graph.node, *head])
+    needed = set().union(*(_node_inputs(n) for n in head))
+    present = {t.name for t in backbone.graph.initializer}
+    del merged.graph.initializer[:]
+    merged.graph.initializer.extend([*backbone.graph.initializer,
+                                     *(t for t in model.graph.initializer if t.name in needed - present)])
+    del merged.graph.value_info[:]
+    opsets = {o.domain: o.version for o in model.opset_import}
+    for o in backbone.opset_import:
+        opsets[o.domain] = max(o.version, opsets.get(o.domain, 0))
+    del merged.opset_import[:]
+    merged.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items())
+    return merged
+
+
 def _write_atomically(model: onnx.ModelProto, output: Path) -> None:
     save_checked(model, output, lambda path: onnx.checker.check_model(str(path)))
 
 
+class _StridedReader:
+    """ONNX Runtime's calibration reader over :class:`CalibrationData`, counted in feeds, so that
+    the calibrator (``CalibStridedMinMax``, which every method honours) takes one feed at a time."""
+
+    def __init__(self, data: CalibrationData):
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.feed_count()
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.data.set_range(start_index, end_index)
+
+    def get_next(self) -> dict | None:
+        return self.data.get_next()
+
+    def rewind(self) -> None:
+        self.data.rewind()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The quantizer advises pre-processing on the root logger and prints its histogram settings on
+    stdout: keep both out of the command's output, and restore the logger however it ends."""
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root_logger.setLevel(level)
+
+
 def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationData,
-                  config: Int8Config = Int8Config()) -> Path:
-    """Write a Q/DQ INT8 variant of ``model_path`` to ``output``, calibrated on ``data``."""
+                  config: Int8Config = Int8Config(), verify: Callable[[Path], dict[str, str]] | None = None
+                  ) -> Path:
+    """Write a Q/DQ INT8 variant of ``model_path`` to ``output``, calibrated on ``data``.
+
+    ``verify``, when given, is called with the finished model (in a scratch folder) before anything
+    is written at ``output``; it raises :class:`CamdeployError` to refuse the model, or returns
+    metadata to record in it.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if config.method not in METHODS:
@@ -152,34 +231,39 @@ def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationD
         raise CamdeployError(f"--target {config.target!r}: expected one of {', '.join(TARGETS)}")
     symmetric = config.target == "tensorrt"
     model = _named(onnx.load(str(model_path)))
-    exclude = [] if config.quantize_head else head_nodes(model)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
-    extra: dict[str, object] = {"WeightSymmetric": True, "CalibPercentile": config.percentile}
+    extra: dict[str, object] = {"WeightSymmetric": True, "CalibPercentile": config.percentile,
+                                "CalibStridedMinMax": 1}
     if symmetric:  # zero points 0: TensorRT accepts only symmetric int8
         # TensorRT dequantizes only 8-bit (and narrower) tensors: int32 biases stay float.
         extra.update(ActivationSymmetric=True, CalibTensorRangeSymmetric=True, QuantizeBias=False)
     output = Path(output)
-    root_logger = logging.getLogger()  # the quantizer advises pre-processing on the root logger
-    level = root_logger.level
-    root_logger.setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="camdeploy-calibration-") as scratch:
         source = Path(scratch) / "model.onnx"
-        onnx.save_model(model, str(source))
+        onnx.save_model(model if config.quantize_head else _backbone(model), str(source))
         target = Path(scratch) / "model.int8.onnx"
-        quantize_static(str(source), str(target), data, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        calibrate_method=method, extra_options=extra,
-                        calibration_cache_path=None)
+        with _quiet_quantizer():
+            quantize_static(str(source), str(target), _StridedReader(data), quant_format=QuantFormat.QDQ,
+                            per_channel=config.per_channel, reduce_range=config.reduce_range,
+                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=method, extra_options=extra)
         quantized = onnx.load(str(target))
-    root_logger.setLevel(level)
-    onnx.helper.set_model_props(quantized, {**{p.key: p.value for p in model.metadata_props},
-                                            "camdeploy.precision": "int8",
-                                            "camdeploy.calibration": f"{config.method}, {len(data)} images, "
-                                                                     f"target {config.target}",
-                                            CALIBRATION_FILES: json.dumps([str(p.resolve()) for p in data.paths])})
-    _write_atomically(_topological(quantized), output)  # the quantizer's order ignores Loop bodies
+        if not config.quantize_head:
+            quantized = _with_float_head(quantized, model)
+        quantized = _topological(quantized)  # the quantizer's order ignores Loop bodies
+        weights = "7-bit" if config.reduce_range else "8-bit"
+        props = {**{p.key: p.value for p in model.metadata_props}, "camdeploy.precision": "int8",
+                 TARGET_KEY: config.target,
+                 "camdeploy.calibration": f"{config.method}, {len(data)} images, target {config.target}, "
+                                          f"{weights} weights",
+                 CALIBRATION_FILES: json.dumps([str(p.resolve()) for p in data.paths])}
+        onnx.helper.set_model_props(quantized, props)
+        if verify is not None:
+            candidate = Path(scratch) / "candidate.onnx"
+            onnx.save_model(quantized, str(candidate))
+            onnx.helper.set_model_props(quantized, {**props, **verify(candidate)})
+    _write_atomically(quantized, output)
     return output
 
 

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from camdeploy.calibration.data import CalibrationData, pick_images, refuse_overlap
+from camdeploy.calibration.data import CalibrationData, draw_images, pick_images, refuse_overlap
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec, Normalization
 
@@ -51,3 +51,16 @@ def test_data_is_re_iterable_and_a_reader(folder):
     assert np.array_equal(data.get_next()["images"], first[0])  # starts over after the end
     data.rewind()
     assert np.array_equal(data.get_next()["images"], first[0])
+
+
+def test_draw_holds_back_verification_images_first(folder):
+    draw = draw_images([str(folder)], count=50, seed=3, verify_count=4, min_verify=2)
+    assert len(draw.verification) == 4 and len(draw.ranges) == 16
+    assert not set(draw.ranges) & set(draw.verification)
+    assert draw == draw_images([str(folder)], count=50, seed=3, verify_count=4, min_verify=2)
+    assert len(draw_images([str(folder)], count=50, verify_count=100, min_verify=2).verification) == 4  # a fifth
+    assert draw_images([str(folder)], count=50, seed=3).verification == []
+    with pytest.raises(CamdeployError, match="20 images are too few to calibrate and to verify on 20 held-back"):
+        draw_images([str(folder)], count=50, verify_count=100)
+    with pytest.raises(CamdeployError, match="--verify-count -1"):
+        draw_images([str(folder)], verify_count=-1)

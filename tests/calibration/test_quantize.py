@@ -1,5 +1,7 @@
 """Q/DQ and FP16 variants of a tiny exported model."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import onnx
@@ -86,12 +88,70 @@ def test_int8_for_cpu_uses_uint8_activations(tiny, tmp_path):
     assert agree >= 0.75, agree
 
 
-def test_entropy_and_percentile_calibration_run(tiny, tmp_path):
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_every_method_runs_with_a_last_smaller_batch(tiny, tmp_path, method, target):
+    path, images = tiny
+    data = CalibrationData(images[:13], read_spec(str(path)), batch_size=8, progress=False)  # batches of 8 and 5
+    out = quantize_int8(path, tmp_path / f"{method}.onnx", data, Int8Config(method=method, target=target))
+    assert graph_precision(str(out)) == "int8"
+    x = next(iter(CalibrationData(images[32:], data.spec, batch_size=16, progress=False)))["images"]
+    with OnnxRuntimeRunner(path) as fp32, OnnxRuntimeRunner(out) as int8:
+        agree = (fp32.infer(x).classes[:, 0] == int8.infer(x).classes[:, 0]).mean()
+    assert agree >= 0.75, (method, target, agree)
+
+
+def test_targets_are_recorded_and_run_as_planned(tiny, tmp_path):
+    """TensorRT-target graphs run simulated (what TensorRT computes), CPU-target graphs on int8
+    kernels, and the runner really hands that choice to ONNX Runtime."""
+    from camdeploy.runtime.int8 import SIMULATE, quant_info
+
     path, images = tiny
     data = CalibrationData(images[:16], read_spec(str(path)), progress=False)
-    for method in ("entropy", "percentile"):
-        out = quantize_int8(path, tmp_path / f"{method}.onnx", data, Int8Config(method=method))
-        assert graph_precision(str(out)) == "int8"
+    trt = quantize_int8(path, tmp_path / "trt.onnx", data)
+    cpu = quantize_int8(path, tmp_path / "cpu.onnx", data, Int8Config(target="cpu"))
+    seven = quantize_int8(path, tmp_path / "seven.onnx", data, Int8Config(target="cpu", reduce_range=True))
+    assert quant_info(onnx.load(str(trt))).target == "tensorrt"
+    assert quant_info(onnx.load(str(cpu))).target == "cpu" and quant_info(onnx.load(str(cpu))).weight_max == 127
+    assert quant_info(onnx.load(str(seven))).weight_max <= 64
+    x = np.random.default_rng(2).normal(size=(4, 3, *SIZE)).astype(np.float32)
+    options = ort.SessionOptions()
+    for key, value in SIMULATE.items():
+        options.add_session_config_entry(key, value)
+    simulated = ort.InferenceSession(str(trt), options, providers=["CPUExecutionProvider"])
+    fused = ort.InferenceSession(str(trt), providers=["CPUExecutionProvider"])
+    with OnnxRuntimeRunner(trt) as runner:
+        assert (runner.precision, runner.execution) == ("int8", "simulated int8")
+        logits = runner.infer(x).logits
+    np.testing.assert_array_equal(logits, simulated.run(["logits"], {"images": x})[0])
+    assert not np.array_equal(logits, fused.run(["logits"], {"images": x})[0]), "float and int8 kernels agree bitwise?"
+    with OnnxRuntimeRunner(cpu) as runner, OnnxRuntimeRunner(trt, int8="kernels") as kernels:
+        assert runner.execution.startswith("int8 kernels") and kernels.execution.startswith("int8 kernels")
+    with OnnxRuntimeRunner(path) as runner:
+        assert (runner.precision, runner.execution) == ("fp32", "fp32")
+    with pytest.raises(CamdeployError, match="--int8 'fast'"):
+        OnnxRuntimeRunner(trt, int8="fast")
+
+
+def test_a_failed_verification_writes_nothing_and_keeps_the_logger(tiny, tmp_path):
+    import logging
+
+    path, images = tiny
+    data = CalibrationData(images[:16], read_spec(str(path)), progress=False)
+    seen: list[Path] = []
+
+    def refuse(candidate):
+        seen.append(candidate)
+        assert onnx.load(str(candidate)).metadata_props  # the finished model, metadata included
+        raise CamdeployError("not good enough")
+
+    level = logging.getLogger().level
+    with pytest.raises(CamdeployError, match="not good enough"):
+        quantize_int8(path, tmp_path / "q.onnx", data, verify=refuse)
+    assert seen and not (tmp_path / "q.onnx").exists() and not list(tmp_path.iterdir())
+    assert logging.getLogger().level == level
+    out = quantize_int8(path, tmp_path / "q.onnx", data, verify=lambda candidate: {"camdeploy.note": "checked"})
+    assert {p.key: p.value for p in onnx.load(str(out)).metadata_props}["camdeploy.note"] == "checked"
 
 
 def test_bad_int8_options(tiny, tmp_path):
