@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=40)
     args = parser.parse_args()
-    from camdeploy.demo import cached_export
+    from camdeploy.cache import cached_export
 
     model = str(cached_export("efficientnet_lite0"))
     lines = ["# Boxes: host rule against graph, batch 16, ONNX Runtime CPU", "",

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from camdeploy.eval.metrics import edge_to_inclusive, iou_matrix
+from camdeploy.eval.metrics import paired_iou
 from camdeploy.runtime.boxes import cam_boxes
 from camdeploy.runtime.cpu import cpu_features
-from camdeploy.runtime.images import list_images, load_image, prepare
+from camdeploy.runtime.images import load_image, prepare
+from camdeploy.runtime.inputs import list_images
 from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
 
@@ -48,9 +49,8 @@ def _camdeploy(path: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
 
 def _agreement(base: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
     same = base[0] == other[0]
-    ious = [float(iou_matrix(*edge_to_inclusive(np.stack([base[1][i], other[1][i]]))[:, None])[0, 0])
-            for i in np.flatnonzero(same)]
-    return {"top1_agreement": float(same.mean()), "mean_top1_box_iou": float(np.mean(ious)) if ious else 0.0}
+    ious = paired_iou(base[1][same], other[1][same])
+    return {"top1_agreement": float(same.mean()), "mean_top1_box_iou": float(ious.mean()) if ious.size else 0.0}
 
 
 def main() -> None:

@@ -65,9 +65,11 @@ def graph_box_lines(data: Path, model: str, limit: int | None) -> list[str]:
     """The graph's own boxes (raw output, no host fallback) against the host rule on the graph's CAMs."""
     import numpy as np
 
+    from camdeploy.eval.metrics import paired_iou
     from camdeploy.metadata import read_spec
     from camdeploy.runtime.boxes import cam_boxes
-    from camdeploy.runtime.images import list_images, load_image, prepare
+    from camdeploy.runtime.images import load_image, prepare
+    from camdeploy.runtime.inputs import list_images
     from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     spec = read_spec(model)
@@ -76,7 +78,7 @@ def graph_box_lines(data: Path, model: str, limit: int | None) -> list[str]:
     for split in ("dev", "holdout"):
         paths = list_images([str(data / split / "images")])[:limit]
         equal = top1 = iou_ok = flagged = maps = 0
-        with OnnxRuntimeRunner(model, box_path="graph") as runner:
+        with OnnxRuntimeRunner(model, box_source="graph") as runner:
             for start in range(0, len(paths), 32):
                 x = np.stack([prepare(load_image(p), spec)[0] for p in paths[start:start + 32]])
                 cams, boxes, exact = runner.run_outputs(["cams", "boxes", "boxes_exact"], x)
@@ -84,19 +86,10 @@ def graph_box_lines(data: Path, model: str, limit: int | None) -> list[str]:
                 same = (boxes == host).all(axis=-1)
                 equal, top1, flagged, maps = (equal + int(same.sum()), top1 + int(same[:, 0].sum()),
                                               flagged + int((~exact).sum()), maps + same.size)
-                iou_ok += int((_iou(boxes[:, 0], host[:, 0]) >= 0.99).sum())
+                iou_ok += int((paired_iou(boxes[:, 0], host[:, 0]) >= 0.99).sum())
         lines.append(f"| {split} | {len(paths)} | {maps} | {equal} ({100 * equal / maps:.2f} %) | {top1} | "
                      f"{100 * iou_ok / len(paths):.2f} % | {flagged} |")
     return lines
-
-
-def _iou(a, b):
-    import numpy as np
-
-    inter = (np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-             * np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None))
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
 
 
 def engine_lines(model: str, out: Path) -> list[str]:
@@ -273,7 +266,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    from camdeploy.demo import cached_export
+    from camdeploy.cache import cached_export
 
     model = str(cached_export("efficientnet_lite0"))
     if args.only == "precision":

@@ -26,6 +26,7 @@ key                            value
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -141,15 +142,9 @@ class ModelSpec:
         return spec
 
 
-def read_spec(path: str) -> ModelSpec:
-    """Read the :class:`ModelSpec` of an exported ``.onnx`` file without loading its weights."""
-    import onnx
+def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
+    """Read the :class:`ModelSpec` of an exported ``.onnx`` file without loading external weights."""
+    from camdeploy.graph import load
 
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except FileNotFoundError:
-        raise CamdeployError(f"MODEL {path}: no such file; expected an .onnx file written by "
-                             "`camdeploy export`") from None
-    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX files
-        raise CamdeployError(f"MODEL {path}: not a readable ONNX file ({exc})") from exc
-    return ModelSpec.from_props({p.key: p.value for p in model.metadata_props}, source=path)
+    model = load(path, weights=False)
+    return ModelSpec.from_props({p.key: p.value for p in model.metadata_props}, source=str(path))

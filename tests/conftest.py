@@ -50,7 +50,7 @@ def gpu_reason() -> str | None:
 def cuda_reason() -> str | None:
     """Why the TensorRT runner cannot run engines here, or None when CUDA sees a GPU."""
     try:
-        from camdeploy.runtime.tensorrt_runner import require_gpu
+        from camdeploy.runtime.cuda import require_gpu
 
         require_gpu()
     except Exception as exc:  # CamdeployError, or cuda-python missing
@@ -61,7 +61,7 @@ def cuda_reason() -> str | None:
 def tensorrt_reason() -> str | None:
     """Why TensorRT tests cannot run here, or None when a TensorRT module imports."""
     from camdeploy.errors import CamdeployError
-    from camdeploy.runtime.tensorrt_check import load_tensorrt
+    from camdeploy.runtime.tensorrt_engine import load_tensorrt
 
     try:
         load_tensorrt()

@@ -107,10 +107,10 @@ def test_export_run_info_with_a_user_model(user_model_dir, capsys):
     for backend in ("ort", "torch"):
         code = main(["run", "m/user.onnx", "photos", "--out", f"out-{backend}", "--backend", backend,
                      "--batch-size", "2", "--no-progress"])
-        assert code == 0
+        assert code == 3  # finished, with an input left out
         captured = capsys.readouterr()
         assert "zz_corrupt.jpg: not a readable image" in captured.err
-        assert "3 images in" in captured.out and "1 files skipped" in captured.out
+        assert "3 images in" in captured.out and "1 inputs left out (reasons in out-" in captured.out
         outputs[backend] = [json.loads(line) for line in
                             Path(f"out-{backend}/results.jsonl").read_text().splitlines()]
     # Same results from the graph and from the reference, up to score rounding.
@@ -145,7 +145,7 @@ def test_run_refuses_a_gpu_provider_for_the_torch_reference(user_model_dir, caps
     assert main(["export", "--model", "mymodels:build", "--output", "u.onnx", "--input-size", "32"]) == 0
     assert main(["run", "u.onnx", "photos", "--out", "o", "--backend", "torch", "--model", "mymodels:build",
                  "--provider", "cuda"]) == 1
-    assert "--provider cuda selects an ONNX Runtime provider; the torch reference runs on the CPU" in (
+    assert "--provider cuda selects an ONNX Runtime provider; --backend torch runs on the CPU" in (
         capsys.readouterr().err)
 
 
@@ -153,7 +153,8 @@ def test_run_skips_its_own_output_folder_and_bad_batch_sizes(user_model_dir, cap
     assert main(["export", "--model", "mymodels:build", "--output", "u.onnx", "--input-size", "32"]) == 0
     capsys.readouterr()
     for _ in range(2):  # the second run must not read the first run's overlays
-        assert main(["run", "u.onnx", "photos", "--out", "photos/out", "--overlays", "--no-progress"]) == 0
+        assert main(["run", "u.onnx", "photos", "--out", "photos/out", "--overlays", "--no-progress",
+                     "--overwrite", "--allow-partial"]) == 0
         assert "3 images in" in capsys.readouterr().out
     assert main(["run", "u.onnx", "photos", "--out", "o", "--batch-size", "0"]) == 1
     assert "--batch-size 0: expected 1 to 512" in capsys.readouterr().err
@@ -199,3 +200,38 @@ def test_info_on_a_plain_onnx_file(tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "no camdeploy metadata" in out and "x " in out and "y " in out
+
+
+def test_exit_status_resume_and_renamed_flags(user_model_dir, capsys):
+    assert main(["export", "--model", "mymodels:build", "--output", "u.onnx", "--input-size", "32",
+                 "--boxes", "host"]) == 0  # the former name of --graph-boxes off
+    captured = capsys.readouterr()
+    assert "--boxes is now --graph-boxes off" in captured.err and "boxes: not in the graph" in captured.out
+    assert main(["run", "u.onnx", "photos", "--out", "o", "--no-progress"]) == 3
+    capsys.readouterr()
+    assert main(["run", "u.onnx", "photos", "--out", "o", "--no-progress"]) == 1
+    assert "--out o: already holds results.jsonl (3 results); add --resume" in capsys.readouterr().err
+    assert main(["run", "u.onnx", "photos", "--out", "o", "--no-progress", "--resume", "--box-path", "host"]) == 3
+    captured = capsys.readouterr()
+    assert "3 images were already done (--resume)" in captured.out and "--box-path is now --box-source" in captured.err
+    assert len(Path("o/results.jsonl").read_text().splitlines()) == 3
+    assert main(["run", "u.onnx", "photos", "--out", "o", "--no-progress", "--resume", "--allow-partial"]) == 0
+
+
+def test_a_broken_model_is_one_line_and_leaves_no_output(user_model_dir, tmp_path, capsys):
+    import onnx
+
+    assert main(["export", "--model", "mymodels:build", "--output", "u.onnx", "--input-size", "32"]) == 0
+    capsys.readouterr()
+    model = onnx.load("u.onnx")  # camdeploy metadata on a graph whose outputs are other ones
+    model.graph.output[2].name = "labels_renamed"
+    model.graph.node.append(onnx.helper.make_node("Identity", ["classes"], ["labels_renamed"]))
+    onnx.save(model, "mismatched.onnx")
+    Path("empty.onnx").write_bytes(b"")
+    for bad, message in (("mismatched.onnx", "lacks the output(s) classes"), ("empty.onnx", "not an ONNX model")):
+        assert main(["run", bad, "photos", "--out", "out-bad", "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not Path("out-bad").exists()
+    assert main(["info", "empty.onnx"]) == 1
+    assert "empty.onnx: not an ONNX model (the file is empty" in capsys.readouterr().err

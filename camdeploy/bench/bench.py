@@ -2,22 +2,28 @@
 
 Scopes:
 
-* ``model``: a preprocessed batch ``[B, 3, S, S]`` in, every output including boxes out
-  (``Runner.infer``). ``ort`` computes boxes on the host (OpenCV), ``ort-graph-boxes`` takes them
-  from the graph (when the file has them); ``ort-backbone`` is the same graph cut at ``logits``
-  (no CAM head, no boxes), to show what CAM and boxes cost. Model-scope rows of one batch size
-  take turns repeat by repeat, so that their ratios survive a noisy machine.
+* ``model``: a preprocessed batch ``[B, 3, S, S]`` in, outputs out (``Runner.infer``). For each
+  backend (the first model) the rows are: every output, boxes included (the backend's own row);
+  ``[no maps]``: classes, scores and boxes without the 1 MB of maps per image (what ``run``
+  asks for); ``[classes only]``: the classifier without the CAM head, so that the difference is
+  what CAMs and boxes cost; ``[graph boxes]`` / ``[host boxes]``: the other box source, when the
+  model has both; ``[device clock]``: the backend's own clock (CUDA events), when it has one.
+  Rows of one batch size take turns repeat by repeat, so that their ratios survive a noisy machine.
 * ``end-to-end``: image files in, ``results.jsonl`` out (``camdeploy run``'s path: read, resize,
   normalise, infer, boxes, write); latency per image is the run's time divided by its images.
 
-Each measurement warms up, then repeats; rows report the median, p90 and p99 of the repeats and
-the speed-up of the median against the PyTorch reference at the same scope and batch size.
+Every backend is driven through the runner interface (:mod:`camdeploy.backends`); a new backend
+needs no change here. Each measurement warms up, then repeats; rows report the minimum, median,
+p90 and p99 of the wall-clock time and the median process CPU time, and their ratios to the
+PyTorch reference at the same scope and batch size, like with like (median with median, minimum
+with minimum, CPU time with CPU time). The load average before and after is recorded: a loaded
+machine shows in it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import platform
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -28,13 +34,17 @@ from typing import Any
 
 import numpy as np
 
-import camdeploy
+from camdeploy.atomic import write_checked
+from camdeploy.backends import BACKENDS, RunnerOptions, make_runner
 from camdeploy.bench.timing import LatencyStats, time_calls, time_interleaved
 from camdeploy.errors import CamdeployError
-from camdeploy.runtime.images import load_image, prepare
-from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner, usable_cpus
+from camdeploy.metadata import read_spec
+from camdeploy.runtime.batches import BatchOptions, image_batches
+from camdeploy.runtime.cams import upsample_and_normalize
+from camdeploy.runtime.onnxruntime_runner import usable_cpus
 from camdeploy.runtime.pipeline import RunOptions, run_files
 from camdeploy.runtime.runner import Runner
+from camdeploy.versions import machine_info
 
 SCOPES = ("model", "end-to-end")
 REFERENCE = "torch"
@@ -49,16 +59,14 @@ class BenchOptions:
     e2e_images: int = 32
     """Images per end-to-end run (cycled from the given files)."""
     e2e_repeats: int = 5
-    threads: int | None = None
+    backends: tuple[str, ...] = ("ort",)
+    """Backends measured against the PyTorch reference (``ort``, ``tensorrt``)."""
+    runner: RunnerOptions = field(default_factory=RunnerOptions)
+    """Options of every runner (threads, INT8 execution, TensorRT module...)."""
     torchcam: bool = True
     """Add torchcam's hook-based CAM on the same model as a peer row, when it is installed."""
-    tensorrt: bool = False
-    """Add the TensorRT runner (needs an NVIDIA GPU): rows ``tensorrt`` (host clock, with copies and
-    boxes) and ``tensorrt-engine`` (CUDA events around the engine alone)."""
-    rtx: bool = False
-    """With ``tensorrt``: TensorRT for RTX."""
-    int8: str = "auto"
-    """How ONNX Runtime runs INT8 models (:mod:`camdeploy.runtime.int8`)."""
+    variants: bool = True
+    """Add the ``[no maps]``, ``[classes only]`` and other-box-source rows."""
 
 
 @dataclass
@@ -66,14 +74,20 @@ class BenchRow:
     backend: str
     scope: str
     stats: LatencyStats
-    speedup: float | None = None
-    """Reference median / this median, same scope and batch."""
     execution: str = ""
     """How the backend ran the model (``fp32``, ``simulated int8``, ``int8 kernels (U8S8)``, ...)."""
+    box_source: str = ""
+    speedup: float | None = None
+    """Reference median / this median, same scope and batch."""
+    speedup_min: float | None = None
+    """Reference minimum / this minimum."""
+    speedup_cpu: float | None = None
+    """Reference CPU time / this CPU time."""
 
     def as_dict(self) -> dict[str, object]:
-        return {"backend": self.backend, "scope": self.scope, "execution": self.execution, **self.stats.as_dict(),
-                "speedup_vs_torch": self.speedup}
+        return {"backend": self.backend, "scope": self.scope, "execution": self.execution,
+                "box_source": self.box_source, **self.stats.as_dict(), "speedup_vs_torch": self.speedup,
+                "speedup_min_vs_torch": self.speedup_min, "speedup_cpu_vs_torch": self.speedup_cpu}
 
 
 @dataclass
@@ -85,186 +99,204 @@ class BenchReport:
     def as_dict(self) -> dict[str, object]:
         return {"machine": self.machine, "options": self.options, "rows": [r.as_dict() for r in self.rows]}
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    def row(self, backend: str, scope: str, batch: int) -> BenchRow | None:
+        return next((r for r in self.rows if (r.backend, r.scope, r.stats.batch) == (backend, scope, batch)), None)
 
 
-def machine_info(threads: int) -> dict[str, object]:
-    """CPU, threads and library versions, for every report."""
-    import cv2
-    import onnxruntime
-
-    versions = {"camdeploy": camdeploy.__version__, "python": platform.python_version(),
-                "numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__}
-    if "torch" in sys.modules:
-        versions["torch"] = sys.modules["torch"].__version__
-    from camdeploy.runtime.cpu import cpu_features, cpuinfo_flags
-
-    return {"cpu": _cpu_name(), "cpus": os.cpu_count(), "threads": threads, "platform": platform.platform(),
-            "isa": cpu_features().as_dict(), "cpuinfo_flags": cpuinfo_flags(), "versions": versions}
-
-
-def backbone_only(path: Path, out_dir: Path) -> Path:
-    """The exported graph cut at ``logits``: the backbone without CAM head."""
-    import onnx
-    from onnx.utils import Extractor
-
-    target = out_dir / f"{path.stem}.backbone.onnx"
-    onnx.save(Extractor(onnx.load(str(path))).extract_model(["images"], ["logits"]), str(target))
-    return target
-
-
-def _torchcam_call(model: Any, topk: int, threshold: float, size: tuple[int, int]
+def _torchcam_call(reference: Any, topk: int, threshold: float, size: tuple[int, int]
                    ) -> Callable[[np.ndarray], object] | None:
-    """torchcam's CAM pipeline on the same model: hooks, per-class maps, upsampling, our boxes."""
+    """torchcam's CAM on the reference's own model: hooks on its feature module, maps of the top
+    classes, then camdeploy's upsampling, normalisation and boxes (the same for every row)."""
     try:
         import torch
-        from torch.nn import functional as F
         from torchcam.methods import CAM
     except ImportError:
         return None
+    from camdeploy.export.contract import global_pool
     from camdeploy.runtime.boxes import cam_boxes
 
+    cam_model = reference.cam_model
+
+    class Classifier(torch.nn.Module):  # the model as torchcam sees it: features -> pool -> linear
+        def __init__(self) -> None:
+            super().__init__()
+            self.features, self.linear = cam_model.features, cam_model.linear
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(global_pool(self.features(x), cam_model.pooling))
+
+    classifier = Classifier().eval()
     try:
-        extractor = CAM(model, target_layer="_head_act", fc_layer="_fc")
+        extractor = CAM(classifier, target_layer=classifier.features, fc_layer=classifier.linear)
     except Exception:  # a model torchcam cannot hook: leave the peer row out
         return None
 
     def call(x: np.ndarray) -> object:
         with torch.inference_mode():
-            logits = model(torch.from_numpy(x))  # type: ignore[operator]
+            logits = classifier(torch.from_numpy(x))
             top = logits.softmax(1).topk(topk, 1).indices
             maps = torch.stack([extractor(top[:, t].tolist(), logits)[0] for t in range(topk)], 1)
-            up = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-            low = up.amin((2, 3), keepdim=True)
-            up = (up - low) / (up.amax((2, 3), keepdim=True) - low).clamp_min(1e-12)
-        return cam_boxes(up.numpy(), threshold)
+        return cam_boxes(upsample_and_normalize(maps.numpy(), size), threshold)
 
     return call
 
 
-def _batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:
-    return np.stack([images[i % len(images)] for i in range(size)])
+def _label(backend: str, model: Path, models: Sequence[Path]) -> str:
+    return backend if len(models) == 1 else f"{backend}:{model.name}"
 
 
-def run_bench(onnx_paths: Sequence[Path], torch_model: object, image_paths: Sequence[Path],
-              options: BenchOptions = BenchOptions(), clock: Callable[[], float] | None = None,
+def _stats_ratio(reference: float | None, value: float | None) -> float | None:
+    return reference / value if reference and value else None
+
+
+def run_bench(models: Sequence[Path], image_paths: Sequence[Path], options: BenchOptions = BenchOptions(),
+              clock: Callable[[], float] | None = None, cpu_clock: Callable[[], float] | None = None,
               say: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> BenchReport:
-    """Measure the PyTorch reference and each ONNX file on ONNX Runtime, side by side."""
+    """Measure the PyTorch reference and each backend on each model, side by side."""
     import time
 
     clock = clock or time.perf_counter
+    cpu_clock = cpu_clock or time.process_time
     for scope in options.scopes:
         if scope not in SCOPES:
             raise CamdeployError(f"--scopes {scope!r}: expected {', '.join(SCOPES)}")
-    if not onnx_paths:
+    for backend in options.backends:
+        if backend not in BACKENDS or backend == REFERENCE:
+            measured = ", ".join(b for b in BACKENDS if b != REFERENCE)
+            raise CamdeployError(f"--backend {backend!r}: expected one of {measured} (the PyTorch reference is "
+                                 "always measured)")
+    if not models:
         raise CamdeployError("bench: give at least one MODEL.onnx")
+    if not image_paths:
+        raise CamdeployError("bench: give at least one image (--images)")
     if any(b < 1 for b in options.batch_sizes):
-        raise CamdeployError(f"--batch-sizes {options.batch_sizes}: expected positive numbers")
-    threads = options.threads or usable_cpus()
-    import torch
-
-    from camdeploy.runtime.torch_runner import TorchRunner
-
-    torch.set_num_threads(threads)
+        raise CamdeployError(f"--batch-sizes {','.join(map(str, options.batch_sizes))}: expected positive numbers")
+    threads = options.runner.threads or usable_cpus()
+    runner_options = dataclasses.replace(options.runner, threads=threads)
+    models = [Path(m) for m in models]
+    spec = read_spec(models[0])
+    main: dict[str, Runner] = {REFERENCE: make_runner(REFERENCE, models[0], runner_options, spec)}
+    for backend in options.backends:
+        for model in models if backend == "ort" else models[:1]:
+            main[_label(backend, model, models)] = make_runner(backend, model, runner_options.for_backend(backend),
+                                                               spec)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows: list[BenchRow] = []
+    opened: list[Runner] = []
     with tempfile.TemporaryDirectory() as scratch:
-        runners: dict[str, Runner] = {}
-        for path in onnx_paths:
-            name = "ort" if len(onnx_paths) == 1 else f"ort:{Path(path).name}"
-            runners[name] = OnnxRuntimeRunner(path, threads=threads, box_path="host", int8=options.int8)
-        import onnx
-
-        from camdeploy.export.graph_boxes import has_box_outputs
-
-        if has_box_outputs(onnx.load(str(onnx_paths[0]), load_external_data=False)):
-            runners["ort-graph-boxes"] = OnnxRuntimeRunner(onnx_paths[0], threads=threads, box_path="graph")
-        spec = next(iter(runners.values())).spec
-        runners = {REFERENCE: TorchRunner(torch_model, spec), **runners}
-        if options.tensorrt:
-            from camdeploy.runtime.tensorrt_runner import EngineOptions, TensorRTRunner
-
-            largest = max(options.batch_sizes)
-            engine = EngineOptions(batch=(1, largest, largest), module="tensorrt_rtx" if options.rtx else None)
-            runners["tensorrt"] = TensorRTRunner(onnx_paths[0], engine, spec=spec)
-        if "model" in options.scopes:
-            runners["ort-backbone"] = OnnxRuntimeRunner(backbone_only(Path(onnx_paths[0]), Path(scratch)),
-                                                        threads=threads, spec=spec)
-        for runner in runners.values():
-            runner.open()
         try:
-            prepared = [prepare(load_image(p), spec)[0] for p in image_paths[: max(options.batch_sizes)]]
+            for runner in main.values():
+                runner.open()
+                opened.append(runner)
+            others: dict[str, Runner] = {}  # the other box source of each backend's first model
+            if options.variants:
+                for backend in options.backends:
+                    label = _label(backend, models[0], models)
+                    first = main[label]
+                    for source in first.box_sources():
+                        if source != first.box_source:
+                            other = make_runner(backend, models[0], dataclasses.replace(
+                                runner_options.for_backend(backend), box_source=source), spec)
+                            other.open()
+                            opened.append(other)
+                            others[f"{label} [{source} boxes]"] = other
+            prepared = next(image_batches(image_paths[: max(options.batch_sizes)], spec,
+                                          BatchOptions(batch_size=max(options.batch_sizes), prefetch=0),
+                                          on_skip=lambda path, reason: say(f"skipped {reason}"))).tensors
             peer = None
             if options.torchcam and "model" in options.scopes:
-                module = runners[REFERENCE]._cam_model.features.model  # type: ignore[attr-defined]
-                peer = _torchcam_call(module, spec.topk, spec.box_threshold, (spec.input_height, spec.input_width))
+                peer = _torchcam_call(main[REFERENCE], spec.topk, spec.box_threshold,
+                                      (spec.input_height, spec.input_width))
                 if peer is None:
                     say("torchcam is not installed (the 'bench' extra) or cannot hook this model: no peer row")
             for batch in options.batch_sizes:
-                x = _batch(prepared, batch)
+                x = np.stack([prepared[i % len(prepared)] for i in range(batch)])
                 if "model" in options.scopes:
-                    calls: dict[str, Callable[[], object]] = {
-                        name: partial(runner.run_outputs, ["logits"], x)  # type: ignore[attr-defined]
-                        if name == "ort-backbone" else partial(runner.infer, x)
-                        for name, runner in runners.items()}
-                    if peer is not None:
-                        calls["torchcam"] = partial(peer, x)
-                    say(f"model scope, batch {batch}: {', '.join(calls)}, taking turns")
-                    timed = time_interleaved(calls, warmup=options.warmup, repeats=options.repeats, clock=clock)
-                    for name, samples in timed.items():
-                        execution = runners[name].execution if name in runners else "fp32"
-                        rows.append(BenchRow(name, "model", LatencyStats.from_samples(samples, batch),
-                                             execution=execution))
-                    if "tensorrt" in runners:
-                        samples = runners["tensorrt"].time_gpu(x, repeats=options.repeats,  # type: ignore[attr-defined]
-                                                               warmup=options.warmup)
-                        rows.append(BenchRow("tensorrt-engine", "model", LatencyStats.from_samples(samples, batch)))
+                    rows += _model_rows(main, others, peer, x, batch, options, models, clock, cpu_clock, say)
                 if "end-to-end" in options.scopes:
                     files = [image_paths[i % len(image_paths)] for i in range(options.e2e_images)]
-                    run_options = RunOptions(batch_size=batch, progress=False)
-                    for name, runner in runners.items():
-                        if name == "ort-backbone":
-                            continue
+                    run_options = RunOptions(batch_size=batch, progress=False, overwrite=True)
+                    for name, runner in main.items():
                         say(f"end-to-end scope, batch {batch}: {name}")
-                        call = partial(run_files, runner, files, Path(scratch) / "e2e", run_options)
-                        samples = time_calls(call, warmup=1, repeats=options.e2e_repeats, clock=clock)
+                        out = Path(scratch) / "e2e" / str(len(rows))
+                        call = partial(run_files, runner, files, out, run_options, lambda message: None, models[0])
+                        timings = time_calls(call, warmup=1, repeats=options.e2e_repeats, clock=clock,
+                                             cpu_clock=cpu_clock)
                         # Each call runs all the files; report the time per batch of `batch` images.
-                        per_batch = [t * batch / len(files) for t in samples]
-                        rows.append(BenchRow(name, "end-to-end", LatencyStats.from_samples(per_batch, batch),
-                                             execution=runner.execution))
+                        rows.append(BenchRow(name, "end-to-end", LatencyStats.from_timings(timings, batch,
+                                                                                           batch / len(files)),
+                                             runner.execution, runner.box_source))
         finally:
-            for runner in runners.values():
+            for runner in opened:
                 runner.close()
-    reference = {(r.scope, r.stats.batch): r.stats.median_ms for r in rows if r.backend == REFERENCE}
     for row in rows:
-        ref = reference.get((row.scope, row.stats.batch))
-        row.speedup = ref / row.stats.median_ms if ref and row.stats.median_ms > 0 else None
+        ref = next((r for r in rows if r.backend == REFERENCE and r.scope == row.scope
+                    and r.stats.batch == row.stats.batch), None)
+        if ref is not None:
+            row.speedup = _stats_ratio(ref.stats.median_ms, row.stats.median_ms)
+            row.speedup_min = _stats_ratio(ref.stats.min_ms, row.stats.min_ms)
+            row.speedup_cpu = _stats_ratio(ref.stats.cpu_ms, row.stats.cpu_ms)
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     options_dict = {"batch_sizes": list(options.batch_sizes), "scopes": list(options.scopes),
                     "warmup": options.warmup, "repeats": options.repeats, "e2e_images": options.e2e_images,
-                    "e2e_repeats": options.e2e_repeats, "models": [str(p) for p in onnx_paths],
-                    "images": len(image_paths)}
+                    "e2e_repeats": options.e2e_repeats, "models": [str(p) for p in models],
+                    "images": len(image_paths), "backends": list(options.backends),
+                    "load_average_before": load_before, "load_average_after": load_after}
     return BenchReport(rows, machine_info(threads), options_dict)
 
 
+def _model_rows(main: dict[str, Runner], others: dict[str, Runner], peer: Callable[[np.ndarray], object] | None,
+                x: np.ndarray, batch: int, options: BenchOptions, models: Sequence[Path],
+                clock: Callable[[], float], cpu_clock: Callable[[], float], say: Callable[[str], None]
+                ) -> list[BenchRow]:
+    calls: dict[str, Callable[[], object]] = {}
+    describe: dict[str, Runner] = {}
+    first_labels = {_label(b, models[0], models) for b in options.backends}
+    for name, runner in main.items():
+        calls[name], describe[name] = partial(runner.infer, x), runner
+        if options.variants and name in first_labels:
+            calls[f"{name} [no maps]"] = partial(runner.infer, x, outputs="boxes")
+            calls[f"{name} [classes only]"] = partial(runner.infer, x, outputs="classes")
+            describe[f"{name} [no maps]"] = describe[f"{name} [classes only]"] = runner
+    for name, runner in others.items():
+        calls[name], describe[name] = partial(runner.infer, x), runner
+    if peer is not None:
+        calls["torchcam"] = partial(peer, x)
+    say(f"model scope, batch {batch}: {', '.join(calls)}, taking turns")
+    timed = time_interleaved(calls, warmup=options.warmup, repeats=options.repeats, clock=clock, cpu_clock=cpu_clock)
+    rows = []
+    for name, timings in timed.items():
+        described = describe.get(name)
+        rows.append(BenchRow(name, "model", LatencyStats.from_timings(timings, batch),
+                             described.execution if described else "PyTorch eager, fp32 (torchcam hooks)",
+                             described.box_source if described else "host"))
+    for name, runner in main.items():
+        samples = runner.time_device(x, options.repeats, options.warmup)
+        if samples is not None:
+            rows.append(BenchRow(f"{name} [device clock]", "model", LatencyStats.from_samples(samples, batch),
+                                 runner.execution, runner.box_source))
+    return rows
+
+
 def format_table(report: BenchReport) -> str:
-    lines = [f"{'backend':<22} {'scope':<11} {'batch':>5} {'median ms':>10} {'p90':>8} {'p99':>8} "
-             f"{'ms/img':>8} {'img/s':>8} {'vs torch':>9}  execution"]
+    lines = [f"{'backend':<30} {'scope':<11} {'batch':>5} {'min ms':>8} {'median':>8} {'p90':>8} {'ms/img':>7} "
+             f"{'cpu/img':>7} {'img/s':>7} {'vs torch':>8} {'(min)':>6} {'(cpu)':>6}  execution"]
     for r in report.rows:
         s = r.stats
-        speed = f"{r.speedup:.2f}x" if r.speedup else "-"
-        lines.append(f"{r.backend:<22} {r.scope:<11} {s.batch:>5} {s.median_ms:>10.2f} {s.p90_ms:>8.2f} "
-                     f"{s.p99_ms:>8.2f} {s.ms_per_image:>8.2f} {s.images_per_second:>8.1f} {speed:>9}  {r.execution}")
+
+        def ratio(value: float | None) -> str:
+            return f"{value:.2f}x" if value else "-"
+
+        cpu = f"{s.cpu_ms_per_image:.2f}" if s.cpu_ms_per_image is not None else "-"
+        lines.append(f"{r.backend:<30} {r.scope:<11} {s.batch:>5} {s.min_ms:>8.2f} {s.median_ms:>8.2f} "
+                     f"{s.p90_ms:>8.2f} {s.ms_per_image:>7.2f} {cpu:>7} {s.images_per_second:>7.1f} "
+                     f"{ratio(r.speedup):>8} {ratio(r.speedup_min):>6} {ratio(r.speedup_cpu):>6}  {r.execution}")
     m = report.machine
     features = m.get("isa")
     isa = features.get("isa", "?") if isinstance(features, dict) else "?"
-    lines.append(f"machine: {m['cpu']} ({isa}), {m['threads']} threads; {m['versions']}")
+    load = report.options.get("load_average_before"), report.options.get("load_average_after")
+    lines.append(f"machine: {m['cpu']} ({isa}), {m['threads']} threads; load average before {load[0]}, after "
+                 f"{load[1]}; {m['versions']}")
     return "\n".join(lines)
 
 
@@ -278,7 +310,7 @@ def plot(report: BenchReport, path: Path) -> bool:
     except ImportError:
         return False
     scopes = [s for s in SCOPES if any(r.scope == s for r in report.rows)]
-    fig, axes = plt.subplots(1, len(scopes), figsize=(6 * len(scopes), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(scopes), figsize=(7 * len(scopes), 4.5), squeeze=False)
     for ax, scope in zip(axes[0], scopes, strict=True):
         rows = [r for r in report.rows if r.scope == scope]
         backends = list(dict.fromkeys(r.backend for r in rows))
@@ -294,9 +326,9 @@ def plot(report: BenchReport, path: Path) -> bool:
         ax.set_xlabel("batch size")
         ax.set_ylabel("ms per image (median, whisker to p90)")
         ax.set_title(f"{scope} scope")
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.suptitle(f"camdeploy bench: {report.machine['cpu']}, {report.machine['threads']} threads", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_checked(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"), label=f"--plot {path}")
     plt.close(fig)
     return True

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from camdeploy.console import warn
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec
-from camdeploy.runtime.images import list_images, load_image, prepare
+from camdeploy.runtime.batches import BatchOptions, image_batches
+from camdeploy.runtime.inputs import list_images
 
 DEFAULT_COUNT = 300
 DEFAULT_VERIFY_COUNT = 100
@@ -118,16 +120,16 @@ class CalibrationData:
                 self._bar.close()
             self._bar = tqdm(total=len(self.paths), unit="img", desc="calibration",
                              disable=not self.progress or None, file=sys.stderr)
-        for index in range(start, stop):
-            batch: list[np.ndarray] = []
-            for path in self.paths[index * self.batch_size:(index + 1) * self.batch_size]:
-                try:
-                    batch.append(prepare(load_image(path), self.spec)[0])
-                except CamdeployError as exc:
-                    tqdm.write(f"camdeploy: warning: skipped {exc}", file=sys.stderr)
-                self._bar.update(1)
-            if batch:
-                yield {"images": np.stack(batch)}
+        bar = self._bar
+
+        def skipped(path: Path, reason: str) -> None:
+            warn(f"skipped {reason}")
+            bar.update(1)
+
+        paths = self.paths[start * self.batch_size:stop * self.batch_size]
+        for batch in image_batches(paths, self.spec, BatchOptions(batch_size=self.batch_size), on_skip=skipped):
+            bar.update(len(batch.items))
+            yield {"images": batch.tensors}
         if stop >= self.feed_count():
             self._bar.close()
             self._bar = None

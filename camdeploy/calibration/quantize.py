@@ -34,26 +34,15 @@ from pathlib import Path
 
 import onnx
 
+from camdeploy.atomic import save_onnx
 from camdeploy.calibration.data import CalibrationData
-from camdeploy.calibration.verify import VERIFICATION_KEY
 from camdeploy.errors import CamdeployError
-from camdeploy.onnxfile import save_checked
+from camdeploy.graph import CALIBRATION_FILES
 from camdeploy.runtime.int8 import TARGET_KEY
+from camdeploy.runtime.onnxruntime_runner import import_onnxruntime
 
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("tensorrt", "cpu")
-CALIBRATION_FILES = "camdeploy.calibration_files"
-"""Metadata key: JSON list of the calibration images, so that evaluation can refuse them."""
-
-
-def calibration_files(model_path: str | Path) -> list[Path]:
-    """The images of a quantized model's calibration draw, those that set its ranges and those held
-    back to verify it (empty for other models)."""
-    model = onnx.load(str(model_path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    files = json.loads(props.get(CALIBRATION_FILES, "[]"))
-    files += json.loads(props.get(VERIFICATION_KEY, "{}")).get("files", [])
-    return [Path(p) for p in files]
 
 
 @dataclass(frozen=True)
@@ -177,7 +166,7 @@ def _with_float_head(backbone: onnx.ModelProto, model: onnx.ModelProto) -> onnx.
 
 
 def _write_atomically(model: onnx.ModelProto, output: Path) -> None:
-    save_checked(model, output, lambda path: onnx.checker.check_model(str(path)))
+    save_onnx(model, output, lambda path: onnx.checker.check_model(str(path)))
 
 
 class _StridedReader:
@@ -223,6 +212,7 @@ def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationD
     is written at ``output``; it raises :class:`CamdeployError` to refuse the model, or returns
     metadata to record in it.
     """
+    import_onnxruntime()  # a clear error when it is missing
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if config.method not in METHODS:
@@ -269,6 +259,7 @@ def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationD
 
 def convert_fp16(model_path: str | Path, output: str | Path, keep_head_fp32: bool = True) -> Path:
     """Write an FP16 variant of ``model_path``: float32 inputs and outputs, float16 backbone."""
+    import_onnxruntime()  # a clear error when it is missing
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = _named(onnx.load(str(model_path)))

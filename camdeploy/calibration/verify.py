@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from camdeploy.errors import CamdeployError
-from camdeploy.eval.metrics import edge_to_inclusive, iou_matrix
+from camdeploy.eval.metrics import paired_iou
+from camdeploy.graph import VERIFICATION_KEY
 from camdeploy.metadata import ModelSpec
+from camdeploy.runtime.batches import BatchOptions, image_batches
 from camdeploy.runtime.cpu import cpu_features
-from camdeploy.runtime.images import load_image, prepare
 from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
 DEFAULT_MIN_AGREEMENT = 0.9
-VERIFICATION_KEY = "camdeploy.calibration_verification"
-"""Metadata key: JSON of the :class:`Agreement` found when the model was written."""
 
 
 @dataclass(frozen=True)
@@ -55,27 +54,23 @@ class Agreement:
 def compare_models(reference: str | Path, candidate: str | Path, paths: Sequence[Path], spec: ModelSpec,
                    batch_size: int = 16) -> Agreement:
     """Run both models on ``paths`` (unreadable files are left out) and measure their agreement."""
-    tensors = []
-    for path in paths:
-        try:
-            tensors.append(prepare(load_image(path), spec)[0])
-        except CamdeployError:
-            continue  # the calibration draw already reported it
-    if not tensors:
-        raise CamdeployError("calibration verification: none of the held-back images could be read")
     same: list[np.ndarray] = []
     ious: list[float] = []
+    loader = image_batches(paths, spec, BatchOptions(batch_size=batch_size), on_skip=lambda path, reason: None)
     with OnnxRuntimeRunner(reference, spec=spec) as base, OnnxRuntimeRunner(candidate, spec=spec) as quantized:
-        for start in range(0, len(tensors), batch_size):
-            x = np.stack(tensors[start:start + batch_size])
-            a, b = base.infer(x), quantized.infer(x)
+        for batch in loader:  # (an unreadable image is left out; the draw reported it)
+            x = batch.tensors
+            a, b = base.infer(x, outputs="boxes"), quantized.infer(x, outputs="boxes")
+            if a.boxes is None or b.boxes is None:
+                raise CamdeployError("calibration verification: a runner returned no boxes")
             agree = a.classes[:, 0] == b.classes[:, 0]
             same.append(agree)
-            for i in np.flatnonzero(agree):
-                boxes = edge_to_inclusive(np.stack([a.boxes[i, 0], b.boxes[i, 0]]))
-                ious.append(float(iou_matrix(boxes[:1], boxes[1:])[0, 0]))
+            ious.extend(paired_iou(a.boxes[agree, 0], b.boxes[agree, 0]).tolist())
         execution = quantized.execution
-    return Agreement(len(tensors), float(np.concatenate(same).mean()), float(np.mean(ious)) if ious else 0.0,
+    if not same:
+        raise CamdeployError("calibration verification: none of the held-back images could be read")
+    agreed = np.concatenate(same)
+    return Agreement(len(agreed), float(agreed.mean()), float(np.mean(ious)) if ious else 0.0,
                      execution, cpu_features().isa, tuple(str(p.resolve()) for p in paths))
 
 

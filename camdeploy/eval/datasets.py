@@ -25,6 +25,7 @@ Formats (``--format``, detected from the path when not given):
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -92,13 +93,9 @@ def _class_index(value: str, path: Path, line: int | None) -> int:
     return index
 
 
-_WNIDS: dict[str, int] = {}
-
-
+@functools.cache
 def _wnid_index() -> dict[str, int]:
-    if not _WNIDS:
-        _WNIDS.update({wnid: i for i, wnid in enumerate(imagenet_wnids())})
-    return _WNIDS
+    return {wnid: i for i, wnid in enumerate(imagenet_wnids())}
 
 
 def _collect(entries: dict[Path, tuple[int, list[list[float]]]], source: Path, fmt: str) -> Dataset:
@@ -148,8 +145,9 @@ def _text_lines(path: Path) -> list[tuple[int, str]]:
 
 def read_csv(path: Path, images: Path | None = None) -> Dataset:
     root = images or path.parent
-    rows = list(csv.reader(line for _, line in _text_lines(path)))
-    numbers = [n for n, _ in _text_lines(path)]
+    lines = _text_lines(path)
+    rows = list(csv.reader(line for _, line in lines))
+    numbers = [n for n, _ in lines]
     if not rows:
         raise _malformed(path, None, "the file is empty")
     header = [h.strip() for h in rows[0]]

@@ -1,36 +1,42 @@
 """Evaluate one or more runners on a localization dataset, in lockstep on the same images.
 
 Each batch of images is read and prepared once and given to every runner, so that a comparison
-(``camdeploy eval --compare``) sees identical inputs and needs no second pass.
+(``camdeploy eval --compare``) sees identical inputs and needs no second pass. The baseline of the
+comparison is the PyTorch reference when it is among the runners, else the first one.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from camdeploy.backends import BACKENDS, RunnerOptions, make_runner
+from camdeploy.console import warn
 from camdeploy.errors import CamdeployError
-from camdeploy.eval.box_modes import BOX_MODES, guesses
 from camdeploy.eval.datasets import Dataset, Sample
+from camdeploy.eval.loc_rules import LOC_RULES, guesses
 from camdeploy.eval.metrics import (
     IOU_THRESHOLD,
     MaxBoxAcc,
     best_iou,
     classification_errors,
     edge_to_inclusive,
-    iou_matrix,
     localization_errors,
     localization_hits,
+    paired_iou,
 )
+from camdeploy.graph import calibration_files
+from camdeploy.runtime.batches import BatchOptions, image_batches
 from camdeploy.runtime.boxes import cam_box
 from camdeploy.runtime.cams import host_cams
-from camdeploy.runtime.images import Frame, load_image, prepare
+from camdeploy.runtime.images import Frame
 from camdeploy.runtime.result import CamResult
 from camdeploy.runtime.runner import Runner
+from camdeploy.versions import versions
 
 METRIC_KEYS = ("top1_cls_err", "top5_cls_err", "top1_loc_err", "top5_loc_err", "gt_known_loc", "maxboxacc_v2")
 
@@ -38,11 +44,14 @@ METRIC_KEYS = ("top1_cls_err", "top5_cls_err", "top1_loc_err", "top5_loc_err", "
 @dataclass(frozen=True)
 class EvalOptions:
     batch_size: int = 16
-    box_mode: str = "paper"
+    loc_rule: str = "paper"
+    """How CAMs become localization guesses: ``paper`` or ``ilsvrc`` (:mod:`camdeploy.eval.loc_rules`)."""
     resize: str | None = None
     limit: int | None = None
     """Evaluate only the first ``limit`` images (for quick looks; report on the full set)."""
     progress: bool = True
+    max_pixels: int | None = None
+    prefetch: int = 2
 
 
 @dataclass
@@ -57,17 +66,18 @@ class _BackendScores:
     gt_known: list[bool] = field(default_factory=list)
     maxboxacc: MaxBoxAcc = field(default_factory=MaxBoxAcc)
 
-    def add(self, result: CamResult, i: int, sample: Sample, frame: Frame, mode: str, threshold: float) -> None:
+    def add(self, result: CamResult, i: int, sample: Sample, frame: Frame, rule: str, threshold: float) -> None:
+        if result.cams is None or result.boxes is None or result.features is None:
+            raise CamdeployError("evaluate: a runner returned no maps, boxes or features (infer with outputs 'all')")
         classes, truth = result.classes[i], sample.boxes
         self.classes.append(classes)
         self.top1_boxes.append(result.boxes[i, 0])
         self.labels.append(sample.class_index)
-        guess_classes, guess_boxes = guesses(mode, classes, result.cams[i], result.boxes[i])
-        if mode != "paper":  # heuristic boxes are in the CAM's frame
+        guess_classes, guess_boxes = guesses(rule, classes, result.cams[i], result.boxes[i])
+        if rule != "paper":  # heuristic boxes are in the CAM's frame
             guess_boxes = frame.to_original(guess_boxes)
         self.loc_hits.append(localization_hits(guess_classes, edge_to_inclusive(guess_boxes), sample.class_index,
                                                truth))
-        assert result.features is not None  # evaluation always asks for features
         size = result.cams.shape[2:]
         gt_cam = host_cams(result.features[i:i + 1], self.weight, np.array([[sample.class_index]]), size)[0, 0]
         gt_box = edge_to_inclusive(frame.to_original(cam_box(gt_cam, threshold)))
@@ -111,6 +121,8 @@ class _Agreement:
     box_iou: list[float] = field(default_factory=list)
 
     def add(self, base: CamResult, other: CamResult) -> None:
+        if base.cams is None or other.cams is None or base.boxes is None or other.boxes is None:
+            raise CamdeployError("evaluate: a runner returned no maps or boxes (infer with outputs 'all')")
         same1 = base.classes[:, 0] == other.classes[:, 0]
         self.top1_same.extend(same1.tolist())
         self.top5_same.extend((np.sort(base.classes[:, :5], 1) == np.sort(other.classes[:, :5], 1)).all(1).tolist())
@@ -119,9 +131,7 @@ class _Agreement:
             self.cam_max = max(self.cam_max, float(diff.max()))
             self.cam_sum += float(diff.sum())
             self.cam_count += diff.size
-        for i in np.flatnonzero(same1):
-            inclusive = edge_to_inclusive(np.stack([base.boxes[i, 0], other.boxes[i, 0]]))
-            self.box_iou.append(float(iou_matrix(inclusive[:1], inclusive[1:])[0, 0]))
+        self.box_iou.extend(paired_iou(base.boxes[same1, 0], other.boxes[same1, 0]).tolist())
 
     def summary(self) -> dict[str, object]:
         ious = np.array(self.box_iou) if self.box_iou else np.zeros(0)
@@ -139,20 +149,19 @@ class _Agreement:
         }
 
 
-def _warn(message: str) -> None:
-    print(f"camdeploy: warning: {message}", file=sys.stderr)
+def _baseline_first(runners: Mapping[str, Runner]) -> list[str]:
+    """Runner names, the PyTorch reference (if any) first: the baseline of comparisons."""
+    return sorted(runners, key=lambda name: not runners[name].reference)
 
 
 def evaluate(runners: Mapping[str, Runner], dataset: Dataset, options: EvalOptions = EvalOptions(),
-             report: Callable[[str], None] = _warn) -> EvalReport:
-    """Run every (open) runner on ``dataset``; the first runner is the comparison baseline."""
+             report: Callable[[str], None] = warn) -> EvalReport:
+    """Run every (open) runner on ``dataset``; the reference runner, else the first, is the baseline."""
     if not runners:
         raise CamdeployError("evaluate: no backend to run")
-    if options.box_mode not in BOX_MODES:
-        raise CamdeployError(f"--box-mode {options.box_mode!r}: expected one of {', '.join(BOX_MODES)}")
-    if options.batch_size < 1:
-        raise CamdeployError(f"--batch-size {options.batch_size}: expected a positive number")
-    names = list(runners)
+    if options.loc_rule not in LOC_RULES:
+        raise CamdeployError(f"--loc-rule {options.loc_rule!r}: expected one of {', '.join(LOC_RULES)}")
+    names = _baseline_first(runners)
     first = runners[names[0]]
     for name, runner in runners.items():
         if runner.spec.input_height != first.spec.input_height or runner.spec.input_width != first.spec.input_width \
@@ -167,34 +176,31 @@ def evaluate(runners: Mapping[str, Runner], dataset: Dataset, options: EvalOptio
                                  f"outside the model's {num_classes} classes")
     for name in dataset.missing:
         report(f"missing image {name}")
-    scores = {name: _BackendScores(runner.class_weight()) for name, runner in runners.items()}
+    scores = {name: _BackendScores(runners[name].class_weight()) for name in names}
     agreements = {name: _Agreement() for name in names[1:]}
     failed: list[tuple[str, str]] = []
     from tqdm import tqdm
 
+    def on_skip(sample: Sample, reason: str) -> None:
+        failed.append((str(sample.path), reason))
+        report(f"skipped {reason}")
+
     start = time.perf_counter()
-    with tqdm(total=len(samples), unit="img", disable=not options.progress or None, file=sys.stderr) as bar:
-        for begin in range(0, len(samples), options.batch_size):
-            batch: list[tuple[Sample, np.ndarray, Frame]] = []
-            for sample in samples[begin:begin + options.batch_size]:
-                try:
-                    tensor, frame = prepare(load_image(sample.path), first.spec, options.resize)
-                except CamdeployError as exc:
-                    failed.append((str(sample.path), str(exc)))
-                    report(f"skipped {exc}")
-                    continue
-                batch.append((sample, tensor, frame))
-            bar.update(min(options.batch_size, len(samples) - begin))
-            if not batch:
-                continue
-            x = np.stack([b[1] for b in batch])
-            frames = [b[2] for b in batch]
-            results = {name: runner.infer_images(x, frames, features=True) for name, runner in runners.items()}
+    loader = BatchOptions(batch_size=options.batch_size, resize=options.resize, max_pixels=options.max_pixels,
+                          prefetch=options.prefetch)
+    with tqdm(total=len(samples), unit="img", disable=not options.progress or None) as bar:
+        counted_failures = 0
+        for batch in image_batches(samples, first.spec, loader, path_of=lambda sample: sample.path, on_skip=on_skip):
+            results = {name: runners[name].infer_images(batch.tensors, batch.frames, features=True) for name in names}
             for name, result in results.items():
-                for i, (sample, _, frame) in enumerate(batch):
-                    scores[name].add(result, i, sample, frame, options.box_mode, runners[name].box_threshold)
+                for i, (sample, frame) in enumerate(zip(batch.items, batch.frames, strict=True)):
+                    scores[name].add(result, i, sample, frame, options.loc_rule, runners[name].box_threshold)
             for name, agreement in agreements.items():
                 agreement.add(results[names[0]], results[name])
+            failures_now = len(failed)
+            bar.update(len(batch.items) + failures_now - counted_failures)
+            counted_failures = failures_now
+        bar.update(len(samples) - bar.n)
     seconds = time.perf_counter() - start
     n_images = len(samples) - len(failed)
     if n_images == 0:
@@ -209,3 +215,47 @@ def evaluate(runners: Mapping[str, Runner], dataset: Dataset, options: EvalOptio
         summaries[name] = summary
     curves = {name: s.maxboxacc.accuracy() for name, s in scores.items()}
     return EvalReport(metrics, summaries, curves, n_images, failed, list(dataset.missing), seconds)
+
+
+def refuse_calibration_images(runners: Mapping[str, Runner], dataset: Dataset) -> None:
+    """Refuse to evaluate a quantized model on the images of its own calibration draw."""
+    from camdeploy.calibration.data import refuse_overlap
+
+    for name, runner in runners.items():
+        if runner.model_path is not None:
+            try:
+                refuse_overlap([Path(p) for p in calibration_files(runner.model_path)],
+                               [s.path for s in dataset.samples])
+            except CamdeployError as exc:
+                raise CamdeployError(f"{name}: {exc}") from None
+
+
+def evaluate_models(model: str | Path, entries: Sequence[str], dataset: Dataset, options: EvalOptions = EvalOptions(),
+                    runner_options: RunnerOptions = RunnerOptions()) -> tuple[EvalReport, dict[str, dict[str, object]]]:
+    """``camdeploy eval``: run each entry (a backend name for ``model``, or another ``.onnx`` file,
+    run on ONNX Runtime) on ``dataset``; returns the report and each backend's configuration."""
+    if len(set(entries)) != len(entries):
+        raise CamdeployError(f"--compare {' '.join(entries)}: a backend is named twice")
+    runners: dict[str, Runner] = {}
+    for entry in entries:
+        if entry in BACKENDS:
+            runners[entry] = make_runner(entry, model, runner_options.for_backend(entry))
+        elif entry.endswith(".onnx"):
+            runners[Path(entry).name] = make_runner("ort", entry, runner_options.for_backend("ort"))
+        else:
+            raise CamdeployError(f"--compare {entry}: expected {', '.join(BACKENDS)} or a path ending in .onnx")
+    refuse_calibration_images(runners, dataset)
+    opened: list[Runner] = []
+    try:
+        for runner in runners.values():
+            runner.open()
+            opened.append(runner)
+        report = evaluate(runners, dataset, options)
+    finally:
+        for runner in opened:
+            runner.close()
+    common = {"loc_rule": options.loc_rule, "versions": versions()}
+    config = {name: {**runners[name].describe(), **common,
+                     "input_size": [runners[name].spec.input_height, runners[name].spec.input_width]}
+              for name in _baseline_first(runners)}
+    return report, config

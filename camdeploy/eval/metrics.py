@@ -39,6 +39,16 @@ def edge_to_inclusive(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
+def _iou(a: np.ndarray, b: np.ndarray, extent: float) -> np.ndarray:
+    """IoU of broadcast ``[..., 4]`` boxes; ``extent`` is 1 for inclusive corners, 0 for pixel edges."""
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + extent, 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + extent, 0, None)
+    inter = w * h
+    area_a = (a[..., 2] - a[..., 0] + extent) * (a[..., 3] - a[..., 1] + extent)
+    area_b = (b[..., 2] - b[..., 0] + extent) * (b[..., 3] - b[..., 1] + extent)
+    return inter / (area_a + area_b - inter)
+
+
 def iou_matrix(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """IoU of every box in ``boxes [P, 4]`` with every box in ``truth [G, 4]`` -> ``[P, G]``.
 
@@ -46,12 +56,13 @@ def iou_matrix(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(boxes, dtype=np.float64).reshape(-1, 1, 4)
     b = np.asarray(truth, dtype=np.float64).reshape(1, -1, 4)
-    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1, 0, None)
-    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1, 0, None)
-    inter = w * h
-    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
-    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
-    return inter / (area_a + area_b - inter)
+    return _iou(a, b, 1.0)
+
+
+def paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of pixel-edge boxes (camdeploy's own, ``x1`` one past the last column), pair by pair:
+    ``[..., 4]`` and ``[..., 4]`` -> ``[...]``."""
+    return _iou(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), 0.0)
 
 
 def best_iou(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:

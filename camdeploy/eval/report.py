@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from camdeploy import atomic
 from camdeploy.eval.evaluate import METRIC_KEYS, EvalReport
 from camdeploy.eval.metrics import CAM_THRESHOLDS, MAXBOXACC_IOUS
 
@@ -27,15 +27,13 @@ def format_table(report: EvalReport) -> str:
                  + (f"; {len(report.failed)} unreadable" if report.failed else "")
                  + (f"; {len(report.missing)} missing" if report.missing else ""))
     for name, agreement in report.agreement.items():
-        box = agreement["top1_box_iou"]
-        assert isinstance(box, dict)
+        box: dict = agreement["top1_box_iou"]  # type: ignore[assignment]
         worst = "-" if box["min"] is None else f"{box['min']:.4f}"
         lines.append(f"{name} against {names[0]}: top-1 identical {_pct(agreement['top1_identical'])} %, "
                      f"top-5 identical {_pct(agreement['top5_identical'])} %, CAM |diff| max "
                      f"{agreement['cam_max_abs_diff']:.2g} mean {agreement['cam_mean_abs_diff']:.2g}, top-1 box IoU "
                      f">= 0.99 on {_pct(box['fraction_ge_0.99'])} % (min {worst})")
-        deltas = agreement["metric_deltas"]
-        assert isinstance(deltas, dict)
+        deltas: dict = agreement["metric_deltas"]  # type: ignore[assignment]
         lines.append("  metric deltas (points): " + ", ".join(
             f"{LABELS[k]} {'-' if v is None else f'{100 * v:+.2f}'}" for k, v in deltas.items()))
     return "\n".join(lines)
@@ -55,10 +53,8 @@ def to_json(report: EvalReport, config: dict[str, dict[str, object]]) -> dict[st
 
 
 def write_json(report: EvalReport, config: dict[str, dict[str, object]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(to_json(report, config), indent=2))
-    partial.replace(path)
+    """The report as JSON at ``path``, written atomically."""
+    atomic.write_json(path, to_json(report, config), label=f"--json {path}")
 
 
 def plot(report: EvalReport, path: Path) -> bool:
@@ -82,7 +78,6 @@ def plot(report: EvalReport, path: Path) -> bool:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic.write_checked(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"), label=f"--plot {path}")
     plt.close(fig)
     return True

@@ -25,8 +25,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from camdeploy.export.contract import GapContract, global_pool
+from camdeploy.graph import CAM_OUTPUTS
 
-OUTPUT_NAMES = ("logits", "features", "classes", "scores", "cams")
+OUTPUT_NAMES = CAM_OUTPUTS
 
 
 def class_activation_maps(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor
@@ -67,10 +68,15 @@ class CamModel(nn.Module):
         self.topk = topk
         self.input_size = input_size
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The classifier alone: ``logits, features, classes, scores``."""
         fmap = self.features(images)  # [N, C, h, w]
         logits = self.linear(global_pool(fmap, self.pooling))  # [N, K]
         scores, classes = torch.softmax(logits, dim=1).topk(self.topk, dim=1)  # [N, T] each
+        return logits, fmap, classes, scores
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, fmap, classes, scores = self.classify(images)
         maps = class_activation_maps(fmap, self.linear.weight, classes)  # [N, T, h, w]
         cams = upsample_and_normalize(maps, self.input_size)
         return logits, fmap, classes, scores, cams

@@ -14,24 +14,26 @@ import numpy as np
 import torch
 
 import camdeploy
+from camdeploy.atomic import check_onnx_output, save_onnx
 from camdeploy.errors import CamdeployError
 from camdeploy.export.cam_head import OUTPUT_NAMES, CamModel
 from camdeploy.export.contract import find_contract
 from camdeploy.export.graph_boxes import (
-    BOXES_OUTPUTS,
     TENSORRT_TOPK_LIMIT,
     BandLayout,
     add_graph_boxes,
     node_count,
     upsample_bands,
 )
+from camdeploy.graph import BOX_OUTPUTS, INPUT_NAME
 from camdeploy.metadata import RESIZE_MODES, ModelSpec, Normalization
-from camdeploy.onnxfile import save_checked
+from camdeploy.runtime.boxes import cam_boxes, check_threshold
+from camdeploy.runtime.onnxruntime_runner import import_onnxruntime
 
-INPUT_NAME = "images"
 UNIT_NORMALIZATION = Normalization((1 / 255,) * 3, (0.0,) * 3)  # type: ignore[arg-type]
 OPSET = 18
-BOX_MODES = ("auto", "graph", "host")
+GRAPH_BOX_CHOICES = ("auto", "on", "off")
+"""``--graph-boxes``: whether the exported graph computes boxes itself."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,10 @@ class ExportOptions:
     linear_module: str | None = None
     pooling: str | None = None
     """``avg`` or ``max``; detected when None."""
-    boxes: str = "auto"
-    """``graph``: add the box rule to the graph (outputs ``boxes``, ``boxes_exact``); ``host``: leave
-    boxes to the runtime's OpenCV rule; ``auto``: graph when TensorRT can build it (at most
-    3840 row segments per map), else host."""
+    graph_boxes: str = "auto"
+    """``on``: add the box rule to the graph (outputs ``boxes``, ``boxes_exact``); ``off``: leave
+    boxes to the runtime's OpenCV rule; ``auto``: on when TensorRT can build it (at most 3840 row
+    segments per map), else off."""
     verify: bool = True
     verify_batches: tuple[int, ...] = (1, 3)
     opset: int = OPSET
@@ -80,10 +82,9 @@ TOLERANCE = {"logits": 1e-4, "features": 1e-4, "scores": 1e-5, "cams": 1e-3}
 def _validate(options: ExportOptions, num_classes: int) -> None:
     if options.topk is not None and not 1 <= options.topk <= num_classes:
         raise CamdeployError(f"--topk {options.topk}: expected 1..{num_classes} (the model's classes)")
-    if not 0.0 <= options.box_threshold <= 1.0:
-        raise CamdeployError(f"--box-threshold {options.box_threshold}: expected a value in [0, 1]")
-    if options.boxes not in BOX_MODES:
-        raise CamdeployError(f"--boxes {options.boxes!r}: expected one of {', '.join(BOX_MODES)}")
+    check_threshold(options.box_threshold)
+    if options.graph_boxes not in GRAPH_BOX_CHOICES:
+        raise CamdeployError(f"--graph-boxes {options.graph_boxes!r}: expected one of {', '.join(GRAPH_BOX_CHOICES)}")
     if options.resize not in RESIZE_MODES:
         raise CamdeployError(f"--resize {options.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
     if options.class_names is not None and len(options.class_names) != num_classes:
@@ -110,16 +111,31 @@ def _to_onnx(cam_model: CamModel, options: ExportOptions) -> bytes:
                 dynamic_shapes=({0: batch},), dynamo=True, verbose=False,
             )
         except Exception as exc:
+            if _interrupted(exc):  # torch wraps Ctrl-C in its own error, which asks for a bug report
+                raise KeyboardInterrupt from None
             raise CamdeployError(f"torch.onnx.export failed: {exc}") from exc
         finally:
             logger.setLevel(level)
     return program.model_proto.SerializeToString()  # type: ignore[union-attr]
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused, at any depth, by a KeyboardInterrupt."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _verify(path: Path, cam_model: CamModel, options: ExportOptions, graph_boxes: bool) -> dict[str, float]:
     """Run the written file on ONNX Runtime and compare every output with PyTorch."""
     import onnx
-    import onnxruntime as ort
+
+    ort = import_onnxruntime()
 
     onnx.checker.check_model(str(path), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -163,11 +179,9 @@ def _verify(path: Path, cam_model: CamModel, options: ExportOptions, graph_boxes
 
 def _verify_boxes(session: object, options: ExportOptions) -> float:
     """The graph's boxes must equal the host rule's on the graph's own CAMs (where it says exact)."""
-    from camdeploy.runtime.boxes import cam_boxes
-
     generator = torch.Generator().manual_seed(99)
     x = torch.randn(4, 3, *options.input_size, generator=generator).numpy()
-    cams, boxes, exact = session.run(["cams", *BOXES_OUTPUTS], {INPUT_NAME: x})  # type: ignore[attr-defined]
+    cams, boxes, exact = session.run(["cams", *BOX_OUTPUTS], {INPUT_NAME: x})  # type: ignore[attr-defined]
     host = cam_boxes(cams, options.box_threshold)
     wrong = ~(boxes == host).all(axis=-1) & exact
     if wrong.any():
@@ -187,10 +201,7 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike[str],
     folders are created first.
     """
     output = Path(output)
-    if output.suffix != ".onnx":
-        raise CamdeployError(f"--output {output}: expected a path ending in .onnx")
-    if output.is_dir():
-        raise CamdeployError(f"--output {output}: is a folder; expected a file path ending in .onnx")
+    check_onnx_output(output)
     contract = find_contract(model, options.input_size, feature_module=options.feature_module,
                              linear_module=options.linear_module, pooling=options.pooling)
     num_classes = contract.linear.out_features
@@ -223,14 +234,14 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike[str],
     def verify(path: Path) -> dict[str, float]:
         return _verify(path, cam_model, options, graph_boxes is not None) if options.verify else {}
 
-    errors = save_checked(proto, output, verify)
+    errors = save_onnx(proto, output, verify)
     return ExportReport(output, spec, contract.shape, errors, graph_boxes is not None, note)
 
 
 def _box_plan(cam_model: CamModel, options: ExportOptions, topk: int) -> tuple[int | None, str]:
     """Feature width to build graph boxes from (None: host boxes), and a note on the choice."""
-    if options.boxes == "host":
-        return None, "boxes: host (OpenCV at run time)"
+    if options.graph_boxes == "off":
+        return None, "boxes: not in the graph (the runtime's host rule)"
     with torch.inference_mode():
         feature_width = int(cam_model.features(torch.zeros(1, 3, *options.input_size)).shape[-1])
     height, width = options.input_size
@@ -239,6 +250,6 @@ def _box_plan(cam_model: CamModel, options: ExportOptions, topk: int) -> tuple[i
         return feature_width, f"boxes: in the graph ({nodes} row segments per map)"
     why = (f"{nodes} row segments per map ({height} rows x bands from {feature_width} feature columns) "
            f"exceed TensorRT's TopK limit of {TENSORRT_TOPK_LIMIT}")
-    if options.boxes == "graph":
-        raise CamdeployError(f"--boxes graph: {why}; use --boxes host, or a smaller --input-size")
-    return None, f"boxes: host ({why})"
+    if options.graph_boxes == "on":
+        raise CamdeployError(f"--graph-boxes on: {why}; use --graph-boxes off, or a smaller --input-size")
+    return None, f"boxes: not in the graph ({why}; the runtime's host rule)"

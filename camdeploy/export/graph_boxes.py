@@ -58,8 +58,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from camdeploy.errors import CamdeployError
+from camdeploy.graph import BOX_OUTPUTS
 
-BOXES_OUTPUTS = ("boxes", "boxes_exact")
 IR_VERSION = 8
 """IR version 8 (ONNX 1.10+): readable by every ONNX Runtime and TensorRT release we support."""
 TENSORRT_TOPK_LIMIT = 3840
@@ -155,235 +155,358 @@ def _neighbour_table(height: int, bands: int, offsets: tuple[tuple[int, int], ..
     return table
 
 
-def add_box_nodes(b: _Builder, cams: str, *, height: int, layout: BandLayout, topk: int,
-                  threshold: float) -> tuple[str, str]:
-    """Append the box rule for ``cams [N, topk, height, layout.width]`` to ``b``; returns the
-    names of ``boxes [N, topk, 4]`` (float, x0, y0, x1, y1) and ``boxes_exact [N, topk]`` (bool)."""
-    width, nb = layout.width, layout.count
-    p = height * nb
-    big = float(height * width + 1)
+@dataclass(frozen=True)
+class _Grid:
+    """The node grid of one map: ``height`` rows x ``bands`` bands, ``nodes`` in all."""
+
+    height: int
+    layout: BandLayout
+
+    @property
+    def width(self) -> int:
+        return self.layout.width
+
+    @property
+    def bands(self) -> int:
+        return self.layout.count
+
+    @property
+    def nodes(self) -> int:
+        return self.height * self.bands
+
+    @property
+    def far(self) -> float:
+        """A column or pixel index beyond any real one."""
+        return float(self.height * self.width + 1)
+
+
+@dataclass(frozen=True)
+class _Segments:
+    """Step 1's result, node-major ``[P, M]`` (``M`` maps): each node's run of mask pixels."""
+
+    counts: str
+    """Pixels in the run."""
+    first_col: str
+    """First column of the run."""
+    last_col: str
+    """Last column of the run."""
+    non_empty: str
+    exact: str
+    """``[M]`` bool: every run of the map is a band prefix or suffix (else box it on the host)."""
+    finite: str
+    """``[1, M]`` bool: the map's maximum is finite."""
+    zero_row: str
+    """``[1, M]`` zeros, for padding rows."""
+
+
+@dataclass(frozen=True)
+class _Links:
+    """Step 2's result: which neighbouring runs touch or overlap."""
+
+    diagonal_table: str
+    """``[4, P]`` index of the diagonal neighbours (P: outside the grid)."""
+    diagonal: str
+    """``[4, P, M]`` bool: linked to that diagonal neighbour."""
+    below: str
+    above: str
+    right: str
+    left: str
+    """``[1, P, M]`` bool each: linked to the node below, above, right, left."""
+
+
+def _row_segments(g: _Builder, cams: str, grid: _Grid, threshold: float) -> _Segments:
+    """Step 1: threshold the maps, and describe the mask in each (row, band) node by one run."""
     i64 = np.int64
+    width, bands, nodes = grid.width, grid.bands, grid.nodes
+    maps = g("Reshape", cams, g.const([-1, grid.height, width], "shape", i64))  # [M, H, W]
+    peak = g("ReduceMax", maps, g.const([1, 2], "axes", i64), keepdims=1)  # [M, 1, 1]
+    level = g("Mul", peak, g.const(np.float32(threshold), "tau"))
+    mask = g("Cast", g("GreaterOrEqual", maps, level), to=TensorProto.FLOAT)
+    finite = g("Equal", g("Sub", peak, peak), g.const(0.0))  # False for NaN and +-inf
+    finite = g("Reshape", finite, g.const([1, -1], "shape", i64))  # [1, M]
 
-    maps = b("Reshape", cams, b.const([-1, height, width], "shape", i64))  # [M, H, W]
-    peak = b("ReduceMax", maps, b.const([1, 2], "axes", i64), keepdims=1)  # [M, 1, 1]
-    thr = b("Mul", peak, b.const(np.float32(threshold), "tau"))
-    mask = b("Cast", b("GreaterOrEqual", maps, thr), to=TensorProto.FLOAT)
-    finite = b("Equal", b("Sub", peak, peak), b.const(0.0))  # False for NaN and +-inf
-    finite = b("Reshape", finite, b.const([1, -1], "shape", i64))  # [1, M]
-
-    # Per node: pixel count n and sum s1 of column offsets from the band's start (below 90 x 90 / 2
+    # Per node: pixel count and sum of column offsets from the band's start (below 90 x 90 / 2
     # for bands up to 90 columns: exact even under TF32 matmuls). Upsampling makes each run a
     # prefix or a suffix of its band; n distinct offsets reach the smallest possible sum only as
-    # 0..n-1 and the largest only as the last n, so s1 tells both the run and whether it is one.
-    moments = np.zeros((width, 2 * nb), dtype=np.float32)
-    start_c = np.zeros(nb, dtype=np.float32)
-    width_c = np.zeros(nb, dtype=np.float32)
-    for band, (start, stop) in enumerate(zip(layout.start, layout.stop, strict=True)):
-        start_c[band], width_c[band] = start, stop - start
+    # 0..n-1 and the largest only as the last n, so the sum tells both the run and whether it is one.
+    moments = np.zeros((width, 2 * bands), dtype=np.float32)
+    band_start = np.zeros(bands, dtype=np.float32)
+    band_width = np.zeros(bands, dtype=np.float32)
+    for band, (start, stop) in enumerate(zip(grid.layout.start, grid.layout.stop, strict=True)):
+        band_start[band], band_width[band] = start, stop - start
         moments[start:stop, band] = 1.0
-        moments[start:stop, nb + band] = np.arange(stop - start)
-    rows2d = b("Reshape", mask, b.const([-1, width], "shape", i64))  # [M*H, W]
-    stats = b("MatMul", rows2d, b.const(moments, "moments"))  # [M*H, 2*nb]
+        moments[start:stop, bands + band] = np.arange(stop - start)
+    rows = g("Reshape", mask, g.const([-1, width], "shape", i64))  # [M*H, W]
+    stats = g("MatMul", rows, g.const(moments, "moments"))  # [M*H, 2*bands]
     # Node-major layout [P, M] from here on: Gather along axis 0 then moves whole rows of M
     # values, which is what makes the neighbour fetches cheap.
-    stats = b("Transpose", b("Reshape", stats, b.const([-1, height, 2, nb], "shape", i64)), perm=[2, 1, 3, 0])
-    n, s1 = (b("Reshape", half, b.const([p, -1], "shape", i64))
-             for half in b.op("Split", stats, axis=0, num_outputs=2, outputs=2))  # [P, M] each
-    one = b.const(1.0)
-    band_width = b.const(np.tile(width_c, height)[:, None], "band_width")  # [P, 1]
-    first_n = b("Div", b("Mul", n, b("Sub", n, one)), b.const(2.0))  # 0 + 1 + ... + (n - 1)
-    is_prefix = b("Equal", s1, first_n)
-    is_suffix = b("Equal", s1, b("Sub", b("Mul", n, b("Sub", band_width, one)), first_n))
-    one_run = b("Or", is_prefix, is_suffix)  # (an empty node is a prefix)
-    exact = b("Cast", b("ReduceMin", b("Cast", one_run, to=TensorProto.FLOAT),
-                        b.const([0], "axes", i64), keepdims=0), to=TensorProto.BOOL)  # [M]
-    lo = b("Add", b.const(np.tile(start_c, height)[:, None], "band_start"),
-           b("Where", is_prefix, b.const(0.0), b("Sub", band_width, n)))
-    hi = b("Sub", b("Add", lo, n), one)
-    valid_b = b("Greater", n, b.const(0.0))
+    stats = g("Transpose", g("Reshape", stats, g.const([-1, grid.height, 2, bands], "shape", i64)), perm=[2, 1, 3, 0])
+    counts, offset_sums = (g("Reshape", half, g.const([nodes, -1], "shape", i64))
+                           for half in g.op("Split", stats, axis=0, num_outputs=2, outputs=2))  # [P, M] each
+    one = g.const(1.0)
+    widths = g.const(np.tile(band_width, grid.height)[:, None], "band_width")  # [P, 1]
+    prefix_sum = g("Div", g("Mul", counts, g("Sub", counts, one)), g.const(2.0))  # 0 + 1 + ... + (n - 1)
+    is_prefix = g("Equal", offset_sums, prefix_sum)
+    is_suffix = g("Equal", offset_sums, g("Sub", g("Mul", counts, g("Sub", widths, one)), prefix_sum))
+    one_run = g("Or", is_prefix, is_suffix)  # (an empty node is a prefix)
+    exact = g("Cast", g("ReduceMin", g("Cast", one_run, to=TensorProto.FLOAT),
+                        g.const([0], "axes", i64), keepdims=0), to=TensorProto.BOOL)  # [M]
+    first_col = g("Add", g.const(np.tile(band_start, grid.height)[:, None], "band_start"),
+                  g("Where", is_prefix, g.const(0.0), g("Sub", widths, counts)))
+    last_col = g("Sub", g("Add", first_col, counts), one)
+    non_empty = g("Greater", counts, g.const(0.0))
+    zero_row = g("Mul", g("Slice", counts, g.const([0], "s", i64), g.const([1], "e", i64),
+                          g.const([0], "ax", i64)), g.const(0.0))  # [1, M]
+    return _Segments(counts, first_col, last_col, non_empty, exact, finite, zero_row)
 
-    # Edges: two nodes are linked when both are non-empty and their runs touch or overlap. An
-    # empty node (and the padding slot P outside the grid) gets the run [big, -big], which
+
+def _links(g: _Builder, seg: _Segments, grid: _Grid) -> _Links:
+    """Step 2: two nodes are linked when both are non-empty and their runs touch or overlap
+    (``first' <= last + 1`` and ``first <= last' + 1``): 8-connectivity of pixels, exactly."""
+    i64 = np.int64
+    nodes, far, one = grid.nodes, grid.far, g.const(1.0)
+    # An empty node (and the padding slot P outside the grid) gets the run [far, -far], which
     # touches nothing: the two comparisons below then also test that both nodes are non-empty.
-    zero_row = b("Mul", b("Slice", n, b.const([0], "s", i64), b.const([1], "e", i64),
-                          b.const([0], "ax", i64)), b.const(0.0))  # [1, M]
-    lo_or_none = b("Concat", b("Where", valid_b, lo, b.const(big)), b("Add", zero_row, b.const(big)), axis=0)
-    hi_or_none = b("Concat", b("Where", valid_b, hi, b.const(-big)), b("Sub", zero_row, b.const(big)), axis=0)
-    hi1 = b("Add", b("Slice", hi_or_none, b.const([0], "s", i64), b.const([p], "e", i64), b.const([0], "ax", i64)),
-            one)
-    lo_own = b("Slice", lo_or_none, b.const([0], "s", i64), b.const([p], "e", i64), b.const([0], "ax", i64))
+    first_or_none = g("Concat", g("Where", seg.non_empty, seg.first_col, g.const(far)),
+                      g("Add", seg.zero_row, g.const(far)), axis=0)
+    last_or_none = g("Concat", g("Where", seg.non_empty, seg.last_col, g.const(-far)),
+                     g("Sub", seg.zero_row, g.const(far)), axis=0)
+    last_own = g("Add", g("Slice", last_or_none, g.const([0], "s", i64), g.const([nodes], "e", i64),
+                          g.const([0], "ax", i64)), one)
+    first_own = g("Slice", first_or_none, g.const([0], "s", i64), g.const([nodes], "e", i64), g.const([0], "ax", i64))
 
     def linked(offsets: tuple[tuple[int, int], ...]) -> tuple[str, str]:
-        """Returns the ``[S, P]`` neighbour table for ``offsets`` and the ``[S, P, M]`` links."""
-        table = b.const(_neighbour_table(height, nb, offsets), "neighbours")
-        lo_n = b("Gather", lo_or_none, table, axis=0)
-        hi_n1 = b("Add", b("Gather", hi_or_none, table, axis=0), one)
-        return table, b("And", b("LessOrEqual", lo_n, hi1), b("LessOrEqual", lo_own, hi_n1))
+        """The ``[S, P]`` neighbour table for ``offsets`` and the ``[S, P, M]`` links."""
+        table = g.const(_neighbour_table(grid.height, grid.bands, offsets), "neighbours")
+        first_other = g("Gather", first_or_none, table, axis=0)
+        last_other = g("Add", g("Gather", last_or_none, table, axis=0), one)
+        return table, g("And", g("LessOrEqual", first_other, last_own), g("LessOrEqual", first_own, last_other))
 
-    side_table, side_links = linked(DIAGONAL_OFFSETS)
+    diagonal_table, diagonal = linked(DIAGONAL_OFFSETS)
     _, below = linked(((1, 0),))
     _, above = linked(((-1, 0),))
     _, right = linked(((0, 1),))
     _, left = linked(((0, -1),))
+    return _Links(diagonal_table, diagonal, below, above, right, left)
 
-    # Runs: nodes linked row after row within one band (vertical runs), or band after band within
-    # one row (row runs). Their first and last node, by pointer doubling along the links, once;
-    # then what a range maximum over the run needs: a sparse table keeps at level s the maximum
-    # over 2^s consecutive nodes of the run, and two lookups at level floor(log2(length)) cover it.
-    i32 = np.int32
-    index = b.const(np.arange(p, dtype=i32)[:, None], "index")  # [P, 1]
 
-    def run(forward: str, backward: str, unit: int, count: int) -> tuple[str, str, str, int]:
-        """(first node, lookup A, lookup B, levels) for runs of up to ``count`` nodes ``unit`` apart."""
-        levels = max(1, int(np.ceil(np.log2(count)))) if count > 1 else 1
+@dataclass(frozen=True)
+class _Run:
+    """The runs of linked nodes along one direction, ready for range maxima (a sparse table keeps
+    at level s the maximum over 2^s consecutive nodes; two lookups at level floor(log2(length))
+    cover a run)."""
 
-        def end(link: str, step: int) -> str:
-            at = b("Where", b("Squeeze", link, b.const([0], "ax", i64)), b("Add", index, b.const(step, "step", i32)),
-                   index)
-            for _ in range(levels):
-                at = b("GatherElements", at, at, axis=0)
-            return at
+    last: str
+    first_lookup: str
+    last_lookup: str
+    levels: int
 
-        last, first = end(forward, unit), end(backward, -unit)
-        length = b("Add", b("Div", b("Sub", last, first), b.const(unit, "unit", i32)), b.const(1, "one", i32))
-        if levels > 1:
-            powers = b.const((2 ** np.arange(1, levels, dtype=np.int32))[:, None, None], "powers")
-            level = b("ReduceSum", b("Cast", b("GreaterOrEqual", b("Unsqueeze", length, b.const([0], "ax", i64)),
-                                               powers), to=TensorProto.INT32),
-                      b.const([0], "axes", i64), keepdims=0)  # floor(log2(length))
-        else:
-            level = b("Mul", length, b.const(0, "zero", i32))
-        span = b("Gather", b.const((2 ** np.arange(levels, dtype=np.int32) - 1) * unit, "span"), level, axis=0)
-        base = b("Mul", level, b.const(p, "p", i32))
-        return last, b("Add", base, first), b("Add", base, b("Sub", last, span)), levels
 
-    tail, first_at, last_at, vertical_levels = run(below, above, nb, height)
-    _, row_first_at, row_last_at, row_levels = run(right, left, 1, nb)
-    side_mask = b("Cast", side_links, to=TensorProto.INT32)  # [S, P, M]
+def _run(g: _Builder, forward: str, backward: str, unit: int, count: int, grid: _Grid, index: str) -> _Run:
+    """Runs of up to ``count`` nodes ``unit`` apart, linked by ``forward`` / ``backward``: their
+    first and last node by pointer doubling, once. ``index`` is the ``[P, 1]`` node index."""
+    i64, i32 = np.int64, np.int32
+    nodes = grid.nodes
+    levels = max(1, int(np.ceil(np.log2(count)))) if count > 1 else 1
 
-    def range_max(g: _Builder, x: str, unit: int, levels: int, first: str, last: str) -> str:
-        """In-loop: the maximum of ``x`` over each node's run, from a sparse table."""
-        table, current = [x], x
-        for k in range(levels - 1):
-            shift = (2**k) * unit
-            if shift < p:
-                current = g("Max", current, g("Pad", g("Slice", current, g.const([shift], "s", i64),
-                                                       g.const([p], "e", i64), g.const([0], "ax", i64)),
-                                              g.const([0, 0, shift, 0], "pads", i64), mode="constant"))
-            table.append(current)
-        stacked = g("Concat", *table, axis=0) if levels > 1 else x  # [levels * P, M]
-        return g("Max", g("GatherElements", stacked, first, axis=0), g("GatherElements", stacked, last, axis=0))
+    def end(link: str, step: int) -> str:
+        at = g("Where", g("Squeeze", link, g.const([0], "ax", i64)), g("Add", index, g.const(step, "step", i32)), index)
+        for _ in range(levels):
+            at = g("GatherElements", at, at, axis=0)
+        return at
 
-    # Labels: vertical run's last node + 1 (0 for empty nodes). Each round: take the largest label
-    # over the diagonal neighbours, then over the row run, then over the vertical run, then jump
-    # (label = label of node label - 1); until nothing is offered a larger label.
-    zero_row_i = b("Cast", zero_row, to=TensorProto.INT32)
-    labels0 = b("Where", valid_b, b("Add", tail, b.const(1, "one", i32)), b.const(0, "zero", i32))
-    body = _Builder(b.prefix + "loop_")
-    body_in = body.name("labels_in")
+    last, first = end(forward, unit), end(backward, -unit)
+    length = g("Add", g("Div", g("Sub", last, first), g.const(unit, "unit", i32)), g.const(1, "one", i32))
+    if levels > 1:
+        powers = g.const((2 ** np.arange(1, levels, dtype=np.int32))[:, None, None], "powers")
+        level = g("ReduceSum", g("Cast", g("GreaterOrEqual", g("Unsqueeze", length, g.const([0], "ax", i64)),
+                                           powers), to=TensorProto.INT32),
+                  g.const([0], "axes", i64), keepdims=0)  # floor(log2(length))
+    else:
+        level = g("Mul", length, g.const(0, "zero", i32))
+    span = g("Gather", g.const((2 ** np.arange(levels, dtype=np.int32) - 1) * unit, "span"), level, axis=0)
+    base = g("Mul", level, g.const(nodes, "p", i32))
+    return _Run(last, g("Add", base, first), g("Add", base, g("Sub", last, span)), levels)
+
+
+def _range_max(g: _Builder, x: str, unit: int, run: _Run, nodes: int) -> str:
+    """The maximum of ``x`` over each node's run, from a sparse table (built inside a loop body)."""
+    i64 = np.int64
+    table, current = [x], x
+    for k in range(run.levels - 1):
+        shift = (2**k) * unit
+        if shift < nodes:
+            current = g("Max", current, g("Pad", g("Slice", current, g.const([shift], "s", i64),
+                                                   g.const([nodes], "e", i64), g.const([0], "ax", i64)),
+                                          g.const([0, 0, shift, 0], "pads", i64), mode="constant"))
+        table.append(current)
+    stacked = g("Concat", *table, axis=0) if run.levels > 1 else x  # [levels * P, M]
+    return g("Max", g("GatherElements", stacked, run.first_lookup, axis=0),
+             g("GatherElements", stacked, run.last_lookup, axis=0))
+
+
+def _labels(g: _Builder, seg: _Segments, links: _Links, grid: _Grid, index: str) -> str:
+    """Step 3: component labels ``[P, M]`` int32 (0 for empty nodes).
+
+    Labels start as the vertical run's last node + 1. Each round of a ``Loop``: every node takes
+    the largest label among its diagonal neighbours, then in its row run, then in its vertical run,
+    then labels jump (``label = label[label - 1]``), until nothing is offered a larger label.
+    """
+    i64, i32 = np.int64, np.int32
+    nodes = grid.nodes
+    vertical = _run(g, links.below, links.above, grid.bands, grid.height, grid, index)
+    row = _run(g, links.right, links.left, 1, grid.bands, grid, index)
+    diagonal_mask = g("Cast", links.diagonal, to=TensorProto.INT32)  # [S, P, M]
+
+    zero_row = g("Cast", seg.zero_row, to=TensorProto.INT32)
+    labels0 = g("Where", seg.non_empty, g("Add", vertical.last, g.const(1, "one", i32)), g.const(0, "zero", i32))
+    body = _Builder(g.prefix + "loop_")
+    labels_in = body.name("labels_in")
     nothing = body.const(0, "zero", i32)
-    fetched = body("Mul", side_mask, body("Gather", body("Concat", body_in, zero_row_i, axis=0), side_table, axis=0))
+    fetched = body("Mul", diagonal_mask, body("Gather", body("Concat", labels_in, zero_row, axis=0),
+                                              links.diagonal_table, axis=0))
     slots = body.op("Split", fetched, axis=0, num_outputs=len(DIAGONAL_OFFSETS), outputs=len(DIAGONAL_OFFSETS))
-    grown = body("Max", body_in, body("Squeeze", body("Max", *slots), body.const([0], "ax", i64)))
-    grown = range_max(body, grown, 1, row_levels, row_first_at, row_last_at)
+    grown = body("Max", labels_in, body("Squeeze", body("Max", *slots), body.const([0], "ax", i64)))
+    grown = _range_max(body, grown, 1, row, nodes)
     # Vertical runs hold one label at the start of every round. So if no diagonal neighbour offers
     # a larger label and every row run already holds one label, every link joins equal labels:
     # done, and the rest of the round is skipped.
-    changed = body("Greater", body("ReduceMax", body("Sub", grown, body_in), keepdims=0), nothing)
-    merge = _Builder(b.prefix + "merge_")
-    over_run = range_max(merge, grown, nb, vertical_levels, first_at, last_at)
+    changed = body("Greater", body("ReduceMax", body("Sub", grown, labels_in), keepdims=0), nothing)
+    merge = _Builder(g.prefix + "merge_")
+    over_run = _range_max(merge, grown, grid.bands, vertical, nodes)
     pointer = merge("Where", merge("Greater", over_run, merge.const(0, "zero", i32)),
-                    merge("Sub", over_run, merge.const(1, "one", i32)), merge.const(p, "p", i32))
-    merged = merge("GatherElements", merge("Concat", over_run, zero_row_i, axis=0), pointer, axis=0)
+                    merge("Sub", over_run, merge.const(1, "one", i32)), merge.const(nodes, "p", i32))
+    merged = merge("GatherElements", merge("Concat", over_run, zero_row, axis=0), pointer, axis=0)
     keep = body.name("keep")
     jumped = body("If", changed,
-                  then_branch=helper.make_graph(merge.nodes, b.name("merge"), [],
+                  then_branch=helper.make_graph(merge.nodes, g.name("merge"), [],
                                                 [helper.make_tensor_value_info(merged, TensorProto.INT32, None)],
                                                 initializer=merge.initializers),
-                  else_branch=helper.make_graph([helper.make_node("Identity", [body_in], [keep])], b.name("keep"), [],
-                                                [helper.make_tensor_value_info(keep, TensorProto.INT32, None)]))
-    body_out = body("Identity", jumped, hint="labels_out")
+                  else_branch=helper.make_graph([helper.make_node("Identity", [labels_in], [keep])], g.name("keep"),
+                                                [], [helper.make_tensor_value_info(keep, TensorProto.INT32, None)]))
+    labels_out = body("Identity", jumped, hint="labels_out")
     cond_out = body("Identity", changed, hint="cond_out")
     loop_graph = helper.make_graph(
-        body.nodes, b.name("propagate"),
+        body.nodes, g.name("propagate"),
         [helper.make_tensor_value_info(body.name("iteration"), TensorProto.INT64, []),
          helper.make_tensor_value_info(body.name("cond_in"), TensorProto.BOOL, []),
-         helper.make_tensor_value_info(body_in, TensorProto.INT32, None)],
+         helper.make_tensor_value_info(labels_in, TensorProto.INT32, None)],
         [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(body_out, TensorProto.INT32, None)],
+         helper.make_tensor_value_info(labels_out, TensorProto.INT32, None)],
         initializer=body.initializers,
     )
-    labels = b("Loop", b.const(p + 1, "max_rounds", i64), b.const(True, "true", np.bool_), labels0,
-               body=loop_graph)
+    return g("Loop", g.const(nodes + 1, "max_rounds", i64), g.const(True, "true", np.bool_), labels0,
+             body=loop_graph)
 
-    # Sort nodes by label, then by node index, both descending (empty nodes, label 0, go last):
-    # each component is then one stretch whose last node has its smallest index, which is where
-    # its first pixel in raster order lies (nodes are numbered row by row, left to right).
-    # Areas: prefix sums C of the pixel counts; a stretch ending at e has C[e] minus C at the
-    # previous stretch's end, found as a running maximum (C never decreases).
-    key = b("Add", b("Mul", labels, b.const(p + 1, "p1", i32)), index)  # < (P + 1)^2, exact in int32
-    _, order = b.op("TopK", b("Transpose", key, perm=[1, 0]), b.const([p], "k", i64), axis=1,
+
+@dataclass(frozen=True)
+class _Stretches:
+    """Step 4's result: nodes sorted by label, and each component's area at its stretch's end."""
+
+    order: str
+    sorted_labels: str
+    is_end: str
+    areas: str
+    """``[P, M]``: the component's pixel count at the end of its stretch, -1 elsewhere."""
+
+
+def _component_areas(g: _Builder, seg: _Segments, labels: str, grid: _Grid, index: str) -> _Stretches:
+    """Step 4: areas without scatter reductions (which TensorRT lacks).
+
+    Sort nodes by label, then by node index, both descending (empty nodes, label 0, go last):
+    each component is then one stretch whose last node has its smallest index, which is where its
+    first pixel in raster order lies (nodes are numbered row by row, left to right). Areas: prefix
+    sums C of the pixel counts; a stretch ending at e has C[e] minus C at the previous stretch's
+    end, found as a running maximum (C never decreases).
+    """
+    i64, i32 = np.int64, np.int32
+    nodes = grid.nodes
+    key = g("Add", g("Mul", labels, g.const(nodes + 1, "p1", i32)), index)  # < (P + 1)^2, exact in int32
+    _, order = g.op("TopK", g("Transpose", key, perm=[1, 0]), g.const([nodes], "k", i64), axis=1,
                     largest=1, sorted=1, outputs=2)  # (ONNX Runtime sorts the last axis faster)
-    order = b("Transpose", order, perm=[1, 0])
-    sorted_labels = b("GatherElements", labels, order, axis=0)
-    rows_p = b.const(np.repeat(np.arange(height, dtype=np.float32), nb)[:, None], "rows")  # [P, 1]
-    first_pixel = b("Add", b("Mul", rows_p, b.const(float(width))), lo)
-    first = b("GatherElements", first_pixel, order, axis=0)
-    minus_one = b.const(-1, "minus_one", i32)
+    order = g("Transpose", order, perm=[1, 0])
+    sorted_labels = g("GatherElements", labels, order, axis=0)
+    minus_one = g.const(-1, "minus_one", i32)
 
     def rows(x: str, start: int, stop: int) -> str:
-        return b("Slice", x, b.const([start], "s", i64), b.const([stop], "e", i64), b.const([0], "ax", i64))
+        return g("Slice", x, g.const([start], "s", i64), g.const([stop], "e", i64), g.const([0], "ax", i64))
 
     def running(op: str, x: str) -> str:  # inclusive scan along the nodes, by doubling
         shift = 1
-        while shift < p:
-            x = b(op, x, b("Pad", rows(x, 0, p - shift), b.const([shift, 0, 0, 0], "pads", i64), mode="constant"))
+        while shift < nodes:
+            x = g(op, x, g("Pad", rows(x, 0, nodes - shift), g.const([shift, 0, 0, 0], "pads", i64), mode="constant"))
             shift *= 2
         return x
 
-    total = running("Add", b("GatherElements", n, order, axis=0))
-    next_label = b("Concat", rows(sorted_labels, 1, p), b("Add", rows(b("Mul", sorted_labels, b.const(0, "zero", i32)),
-                                                                     0, 1), minus_one), axis=0)
-    is_end = b("And", b("Not", b("Equal", sorted_labels, next_label)),
-               b("Greater", sorted_labels, b.const(0, "zero", i32)))
-    end_total = running("Max", b("Where", is_end, total, b.const(0.0)))
-    before = b("Pad", rows(end_total, 0, p - 1), b.const([1, 0, 0, 0], "pads", i64), mode="constant")
-    end_area = b("Where", is_end, b("Sub", total, before), b.const(-1.0))
-    best_area = b("ReduceMax", end_area, b.const([0], "axes", i64), keepdims=1)
-    candidate = b("And", is_end, b("Equal", end_area, best_area))
-    winner_at = b("ArgMin", b("Where", candidate, first, b.const(big + 1)), axis=0, keepdims=1)
-    winner = b("GatherElements", sorted_labels, winner_at, axis=0)  # [1, M]
-    has_winner = b("Greater", winner, b.const(0, "zero", i32))
-    member = b("And", b("Equal", labels, winner), has_winner)  # [P, M]
+    total = running("Add", g("GatherElements", seg.counts, order, axis=0))
+    next_label = g("Concat", rows(sorted_labels, 1, nodes),
+                   g("Add", rows(g("Mul", sorted_labels, g.const(0, "zero", i32)), 0, 1), minus_one), axis=0)
+    is_end = g("And", g("Not", g("Equal", sorted_labels, next_label)),
+               g("Greater", sorted_labels, g.const(0, "zero", i32)))
+    end_total = running("Max", g("Where", is_end, total, g.const(0.0)))
+    before = g("Pad", rows(end_total, 0, nodes - 1), g.const([1, 0, 0, 0], "pads", i64), mode="constant")
+    areas = g("Where", is_end, g("Sub", total, before), g.const(-1.0))
+    return _Stretches(order, sorted_labels, is_end, areas)
+
+
+def _winner_box(g: _Builder, seg: _Segments, labels: str, stretches: _Stretches, grid: _Grid,
+                topk: int) -> tuple[str, str]:
+    """Step 5: the largest component, then the smallest first pixel; its box in pixel-edge
+    coordinates of the map (the whole frame for a map with no finite maximum)."""
+    i64, i32 = np.int64, np.int32
+    far, one = grid.far, g.const(1.0)
+    rows_p = g.const(np.repeat(np.arange(grid.height, dtype=np.float32), grid.bands)[:, None], "rows")  # [P, 1]
+    first_pixel = g("Add", g("Mul", rows_p, g.const(float(grid.width))), seg.first_col)
+    first = g("GatherElements", first_pixel, stretches.order, axis=0)
+    best_area = g("ReduceMax", stretches.areas, g.const([0], "axes", i64), keepdims=1)
+    candidate = g("And", stretches.is_end, g("Equal", stretches.areas, best_area))
+    winner_at = g("ArgMin", g("Where", candidate, first, g.const(far + 1)), axis=0, keepdims=1)
+    winner = g("GatherElements", stretches.sorted_labels, winner_at, axis=0)  # [1, M]
+    has_winner = g("Greater", winner, g.const(0, "zero", i32))
+    member = g("And", g("Equal", labels, winner), has_winner)  # [P, M]
 
     def extreme(op: str, values: str, fill: float) -> str:  # -> [1, M]
-        return b(op, b("Where", member, values, b.const(fill)), b.const([0], "axes", i64), keepdims=1)
+        return g(op, g("Where", member, values, g.const(fill)), g.const([0], "axes", i64), keepdims=1)
 
-    x0 = extreme("ReduceMin", lo, big)
-    y0 = extreme("ReduceMin", rows_p, big)
-    x1 = extreme("ReduceMax", b("Add", hi, one), -1.0)
-    y1 = extreme("ReduceMax", b("Add", rows_p, one), -1.0)
-    found = b("And", has_winner, finite)  # [1, M]
-    box = b("Where", found, b("Concat", x0, y0, x1, y1, axis=0),
-            b.const(np.array([[0], [0], [width], [height]], dtype=np.float32), "frame"))  # [4, M]
-    boxes = b("Reshape", b("Transpose", box, perm=[1, 0]), b.const([-1, topk, 4], "shape", i64), hint="boxes")
-    exact = b("Reshape", exact, b.const([-1, topk], "shape", i64), hint="boxes_exact")
+    x0 = extreme("ReduceMin", seg.first_col, far)
+    y0 = extreme("ReduceMin", rows_p, far)
+    x1 = extreme("ReduceMax", g("Add", seg.last_col, one), -1.0)
+    y1 = extreme("ReduceMax", g("Add", rows_p, one), -1.0)
+    found = g("And", has_winner, seg.finite)  # [1, M]
+    box = g("Where", found, g("Concat", x0, y0, x1, y1, axis=0),
+            g.const(np.array([[0], [0], [grid.width], [grid.height]], dtype=np.float32), "frame"))  # [4, M]
+    boxes = g("Reshape", g("Transpose", box, perm=[1, 0]), g.const([-1, topk, 4], "shape", i64), hint="boxes")
+    exact = g("Reshape", seg.exact, g.const([-1, topk], "shape", i64), hint="boxes_exact")
     return boxes, exact
+
+
+def add_box_nodes(g: _Builder, cams: str, *, height: int, layout: BandLayout, topk: int,
+                  threshold: float) -> tuple[str, str]:
+    """Append the box rule for ``cams [N, topk, height, layout.width]`` to ``g``; returns the
+    names of ``boxes [N, topk, 4]`` (float, x0, y0, x1, y1) and ``boxes_exact [N, topk]`` (bool).
+    The five steps are those of the module's docstring."""
+    grid = _Grid(height, layout)
+    index = g.const(np.arange(grid.nodes, dtype=np.int32)[:, None], "index")  # [P, 1]
+    segments = _row_segments(g, cams, grid, threshold)
+    links = _links(g, segments, grid)
+    labels = _labels(g, segments, links, grid, index)
+    stretches = _component_areas(g, segments, labels, grid, index)
+    return _winner_box(g, segments, labels, stretches, grid, topk)
 
 
 def box_model(height: int, layout: BandLayout, topk: int, threshold: float = 0.2,
               opset: int = 18) -> onnx.ModelProto:
     """A standalone graph ``cams [N, topk, H, W] -> boxes, boxes_exact``, for tests and checks."""
-    b = _Builder("box_")
-    boxes, exact = add_box_nodes(b, "cams", height=height, layout=layout, topk=topk, threshold=threshold)
-    b.nodes.append(helper.make_node("Identity", [boxes], ["boxes"]))
-    b.nodes.append(helper.make_node("Identity", [exact], ["boxes_exact"]))
+    g = _Builder("box_")
+    boxes, exact = add_box_nodes(g, "cams", height=height, layout=layout, topk=topk, threshold=threshold)
+    g.nodes.append(helper.make_node("Identity", [boxes], [BOX_OUTPUTS[0]]))
+    g.nodes.append(helper.make_node("Identity", [exact], [BOX_OUTPUTS[1]]))
     graph = helper.make_graph(
-        b.nodes, "camdeploy_boxes",
+        g.nodes, "camdeploy_boxes",
         [helper.make_tensor_value_info("cams", TensorProto.FLOAT, ["N", topk, height, layout.width])],
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", topk, 4]),
-         helper.make_tensor_value_info("boxes_exact", TensorProto.BOOL, ["N", topk])],
-        initializer=b.initializers,
+        [helper.make_tensor_value_info(BOX_OUTPUTS[0], TensorProto.FLOAT, ["N", topk, 4]),
+         helper.make_tensor_value_info(BOX_OUTPUTS[1], TensorProto.BOOL, ["N", topk])],
+        initializer=g.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)
     onnx.checker.check_model(model)
@@ -401,37 +524,20 @@ def add_graph_boxes(model: onnx.ModelProto, *, feature_width: int, topk: int, th
     if not height or not width:
         raise CamdeployError(f"output {cams!r}: the map size must be static, got {shape}")
     layout = BandLayout.from_band_of_column(upsample_bands(feature_width, width))
-    b = _Builder("boxes_")
-    boxes, exact = add_box_nodes(b, cams, height=height, layout=layout, topk=topk, threshold=threshold)
-    model.graph.node.extend(b.nodes)
-    model.graph.node.extend([helper.make_node("Identity", [boxes], ["boxes"], name="boxes"),
-                             helper.make_node("Identity", [exact], ["boxes_exact"], name="boxes_exact")])
-    model.graph.initializer.extend(b.initializers)
+    g = _Builder("boxes_")
+    boxes, exact = add_box_nodes(g, cams, height=height, layout=layout, topk=topk, threshold=threshold)
+    model.graph.node.extend(g.nodes)
+    model.graph.node.extend([helper.make_node("Identity", [boxes], [BOX_OUTPUTS[0]], name=BOX_OUTPUTS[0]),
+                             helper.make_node("Identity", [exact], [BOX_OUTPUTS[1]], name=BOX_OUTPUTS[1])])
+    model.graph.initializer.extend(g.initializers)
+    batch = shape.dim[0].dim_param or None
     model.graph.output.extend([
-        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [shape.dim[0].dim_param or None, topk, 4]),
-        helper.make_tensor_value_info("boxes_exact", TensorProto.BOOL, [shape.dim[0].dim_param or None, topk]),
+        helper.make_tensor_value_info(BOX_OUTPUTS[0], TensorProto.FLOAT, [batch, topk, 4]),
+        helper.make_tensor_value_info(BOX_OUTPUTS[1], TensorProto.BOOL, [batch, topk]),
     ])
     return layout
-
-
-def has_box_outputs(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` computes boxes itself (exported with ``--boxes graph``)."""
-    return any(o.name == "boxes" for o in model.graph.output)
 
 
 def node_count(height: int, layout: BandLayout) -> int:
     """Nodes per map: the K of the graph's TopK, which TensorRT limits to :data:`TENSORRT_TOPK_LIMIT`."""
     return height * layout.count
-
-
-def strip_graph_boxes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` without the ``boxes`` and ``boxes_exact`` outputs and the nodes that
-    only they need (for runtimes where the host rule is faster)."""
-    from onnx.utils import Extractor
-
-    keep = [o.name for o in model.graph.output if o.name not in BOXES_OUTPUTS]
-    inputs = [i.name for i in model.graph.input]
-    stripped = Extractor(model).extract_model(inputs, keep)
-    stripped.metadata_props.extend(model.metadata_props)
-    stripped.producer_name, stripped.producer_version = model.producer_name, model.producer_version
-    return stripped

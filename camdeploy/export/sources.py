@@ -11,8 +11,8 @@ from torch import nn
 
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import LITE_NORMALIZATION, Normalization
+from camdeploy.models import BUILTIN_MODELS
 
-BUILTIN_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 DEFAULT_MODEL = "efficientnet_lite0"
 MAX_INPUT_SIZE = 4096
 # torchvision convention, the default for user models.

@@ -21,6 +21,19 @@ import numpy as np
 from camdeploy.errors import CamdeployError
 
 
+def check_threshold(threshold: float) -> None:
+    """Refuse a box threshold outside [0, 1], naming the flag."""
+    if not 0.0 <= threshold <= 1.0:
+        raise CamdeployError(f"--box-threshold {threshold}: expected a value in [0, 1]")
+
+
+def threshold_mask(cam: np.ndarray, threshold: float, peak: float | None = None) -> np.ndarray:
+    """``uint8`` mask of ``cam >= threshold * max(cam)``, the product taken in float32 as the graph
+    takes it; ``peak`` is ``max(cam)`` when the caller has it already."""
+    peak = float(np.max(cam)) if peak is None else peak
+    return (cam >= np.float32(threshold) * np.float32(peak)).astype(np.uint8)
+
+
 def cam_box(cam: np.ndarray, threshold: float = 0.2) -> np.ndarray:
     """Box of the largest 8-connected region of ``cam >= threshold * max(cam)``.
 
@@ -37,7 +50,7 @@ def cam_box(cam: np.ndarray, threshold: float = 0.2) -> np.ndarray:
     peak = float(np.max(cam))
     if not np.isfinite(peak):
         return np.array([0, 0, width, height], dtype=np.float32)
-    mask = (cam >= np.float32(threshold) * np.float32(peak)).astype(np.uint8)
+    mask = threshold_mask(cam, threshold, peak)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8,
                                                                ltype=cv2.CV_32S)
     if count <= 1:  # no foreground: cannot happen for a finite map, kept for safety
@@ -57,8 +70,7 @@ def cam_boxes(cams: np.ndarray, threshold: float = 0.2) -> np.ndarray:
     """:func:`cam_box` over ``cams [N, T, H, W]``; returns ``float32 [N, T, 4]``."""
     if cams.ndim != 4:
         raise CamdeployError(f"cams: expected [N, T, H, W], got shape {cams.shape}")
-    if not 0.0 <= threshold <= 1.0:
-        raise CamdeployError(f"--box-threshold {threshold}: expected a value in [0, 1]")
+    check_threshold(threshold)
     n, t = cams.shape[:2]
     boxes = np.empty((n, t, 4), dtype=np.float32)
     for i in range(n):

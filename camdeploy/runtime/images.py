@@ -4,6 +4,13 @@ Images are read with OpenCV: EXIF orientation is applied, grayscale becomes thre
 RGBA is composited over white and 16-bit images are scaled to 8 bits. Preparation resizes to the
 model's input size (``stretch``, the default, or ``crop``: scale the short side and cut the
 centre) and applies the normalisation stored in the model's metadata.
+
+Huge images: the header gives the size before anything is decoded, and an image of more than
+:attr:`DecodeOptions.max_pixels` is refused with a clear reason. A JPEG much larger than the model
+input (:data:`REDUCE_MARGIN` times, in the part that is resized) is decoded at 1/2, 1/4 or 1/8 of
+its size by libjpeg's scaled decoding (``IMREAD_REDUCED_COLOR_*``), which needs a fraction of the
+memory and time; the prepared tensor then differs from a full decode by a few levels of 255 at
+most (measured in benchmarks/results/HUGE_IMAGES.md), and boxes still map to original pixels.
 """
 
 from __future__ import annotations
@@ -16,8 +23,14 @@ import numpy as np
 
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import RESIZE_MODES, ModelSpec
+from camdeploy.runtime.image_header import image_size
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+DEFAULT_MAX_PIXELS = 100_000_000
+REDUCE_MARGIN = 2
+"""A JPEG is decoded reduced by ``r`` only if the part that is resized stays at least this many
+times the model input in both directions."""
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
 _ALPHA_SIGNATURES = (b"\x89PNG", b"RIFF", b"II*\x00", b"MM\x00*")  # PNG, WebP, TIFF
 
 
@@ -47,21 +60,87 @@ def _oriented_like(full: np.ndarray, oriented: np.ndarray, source: str) -> np.nd
     return None  # colour planes decoded differently: keep the colours, drop the alpha
 
 
-def decode_image(data: bytes, source: str = "image") -> np.ndarray:
-    """Decode encoded image bytes to an RGB ``uint8`` array ``[H, W, 3]``."""
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    # IMREAD_COLOR applies the EXIF orientation and turns grayscale into 3 channels;
-    # IMREAD_ANYDEPTH keeps 16-bit samples so that we scale them ourselves. OpenCV's own log
-    # line about an undecodable file is silenced: our error says it in one line.
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Limits and shortcuts of decoding."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest image (width x height as decoded) to decode; larger ones are refused."""
+    target: tuple[int, int] | None = None
+    """The model input ``(height, width)``: with it, a much larger JPEG is decoded reduced."""
+    resize: str = "stretch"
+    """How the image will be resized (``stretch`` or ``crop``): which part of it must stay large."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An RGB ``uint8 [h, w, 3]`` image, possibly decoded reduced, and the size of the full image."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+
+
+def _reduction(size: tuple[int, int], options: DecodeOptions) -> int:
+    """The JPEG reduction factor (1, 2, 4 or 8) for an image of ``size = (width, height)``."""
+    if options.target is None:
+        return 1
+    (width, height), (target_h, target_w) = size, options.target
+    if options.resize == "crop":  # only the centred region with the model's aspect ratio is resized
+        ratio = max(target_w / width, target_h / height)
+        width, height = min(width, round(target_w / ratio)), min(height, round(target_h / ratio))
+    factor = 1
+    for r in (2, 4, 8):
+        if width / r >= REDUCE_MARGIN * target_w and height / r >= REDUCE_MARGIN * target_h:
+            factor = r
+    return factor
+
+
+def _imdecode(buffer: np.ndarray, flags: int) -> np.ndarray | None:
+    """``cv2.imdecode`` with OpenCV's own log line about an undecodable file silenced: our error
+    says it in one line."""
     logging = cv2.utils.logging
     level = logging.getLogLevel()
     logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     try:
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if buffer.size else None
+        return cv2.imdecode(buffer, flags) if buffer.size else None
     finally:
         logging.setLogLevel(level)
+
+
+def decode(data: bytes, source: str = "image", options: DecodeOptions = DecodeOptions()) -> LoadedImage:
+    """Decode encoded image bytes within ``options``' limits (see the module's docstring)."""
+    stored = image_size(data)
+    factor = 1
+    if stored is not None:
+        factor = _reduction(stored, options) if data[:3] == b"\xff\xd8\xff" else 1
+        pixels = (stored[0] // factor) * (stored[1] // factor)
+        if pixels > options.max_pixels:
+            raise CamdeployError(f"{source}: {stored[0]}x{stored[1]} pixels is more than the limit of "
+                                 f"{options.max_pixels} (--max-pixels); raise the limit or downscale the image")
+    if stored is None or factor == 1:
+        image = decode_image(data, source, options.max_pixels)
+        return LoadedImage(image, image.shape[1], image.shape[0])
+    reduced = _imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED[factor])
+    if reduced is None:
+        raise CamdeployError(f"{source}: not a readable image (corrupt, empty or unknown format)")
+    width, height = stored
+    if (reduced.shape[1], reduced.shape[0]) != (-(-width // factor), -(-height // factor)):
+        width, height = height, width  # EXIF orientation turned it a quarter
+    return LoadedImage(np.ascontiguousarray(reduced[:, :, ::-1]), width, height)
+
+
+def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to an RGB ``uint8`` array ``[H, W, 3]``, whole."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    # IMREAD_COLOR applies the EXIF orientation and turns grayscale into 3 channels;
+    # IMREAD_ANYDEPTH keeps 16-bit samples so that we scale them ourselves.
+    image = _imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise CamdeployError(f"{source}: not a readable image (corrupt, empty or unknown format)")
+    if image.shape[0] * image.shape[1] > max_pixels:  # a format whose header we do not read
+        raise CamdeployError(f"{source}: {image.shape[1]}x{image.shape[0]} pixels is more than the limit of "
+                             f"{max_pixels} (--max-pixels); raise the limit or downscale the image")
     image = _to_uint8(image, source)
     if data[:4] in _ALPHA_SIGNATURES:
         full = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)  # keeps alpha, ignores EXIF orientation
@@ -73,14 +152,21 @@ def decode_image(data: bytes, source: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file to RGB ``uint8`` ``[H, W, 3]``; unreadable files raise CamdeployError."""
-    path = Path(path)
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise CamdeployError(f"{path}: cannot read the file ({exc.strerror})") from exc
-    return decode_image(data, str(path))
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file to RGB ``uint8`` ``[H, W, 3]``, whole; unreadable files raise CamdeployError."""
+    return decode_image(_read_bytes(Path(path)), str(path))
+
+
+def read_image(path: str | Path, options: DecodeOptions = DecodeOptions()) -> LoadedImage:
+    """Read an image file within ``options``' limits, reduced where they allow it."""
+    return decode(_read_bytes(Path(path)), str(path), options)
 
 
 @dataclass(frozen=True)
@@ -148,21 +234,13 @@ def prepare(image: np.ndarray, spec: ModelSpec, resize: str | None = None) -> tu
     return normalize(resized, spec), frame
 
 
-def list_images(inputs: list[str]) -> list[Path]:
-    """Expand files and folders (recursively, sorted) into image paths; missing paths raise."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*")
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.exists():
-            found.append(path)
-        else:
-            raise CamdeployError(f"INPUT {item}: no such file or folder")
-    if not found:
-        raise CamdeployError(
-            f"INPUT {' '.join(inputs)}: no images found; expected files or folders holding "
-            f"{', '.join(IMAGE_SUFFIXES)} files"
-        )
-    return found
+def prepare_loaded(loaded: LoadedImage, spec: ModelSpec, resize: str | None = None) -> tuple[np.ndarray, Frame]:
+    """:func:`prepare` for a :class:`LoadedImage`: the frame maps to the full image's pixels even when
+    it was decoded reduced."""
+    tensor, frame = prepare(loaded.pixels, spec, resize)
+    h, w = loaded.pixels.shape[:2]
+    if (w, h) == (loaded.width, loaded.height):
+        return tensor, frame
+    sx, sy = loaded.width / w, loaded.height / h
+    return tensor, Frame(loaded.width, loaded.height, frame.scale_x * sx, frame.scale_y * sy,
+                         frame.offset_x * sx, frame.offset_y * sy)

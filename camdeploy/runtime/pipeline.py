@@ -1,25 +1,59 @@
-"""Image files in, ``results.jsonl`` (and overlays) out, through any runner."""
+"""Image files in, ``results.jsonl`` (and overlays) out, through any runner; runs that lose nothing.
+
+An output folder holds:
+
+* ``results.jsonl``: one JSON object per image (file, classes, labels, scores, boxes), appended as
+  batches finish, each line written whole; input order. An interrupted or killed run leaves every
+  finished image in it.
+* ``failures.jsonl``: one object per input left out, ``{"file", "reason", "stage"}``: ``list``
+  (a broken link, a loop, an entry that is not a file) or ``read`` (unreadable, corrupt, too large).
+* ``run.json``: what produced the results (camdeploy version, the model file and its SHA-256,
+  backend, options that change results), the status (``running``, ``complete``,
+  ``interrupted``) and the counts. ``--resume`` checks it against the new run and refuses a
+  mismatch; it then skips every file already in ``results.jsonl`` (a partial last line left by a
+  kill is dropped) and retries the failed ones.
+
+File names: ``file`` is the path as listed. A name that is not valid UTF-8 (possible on Linux)
+cannot be written as JSON text exactly: ``file`` then shows it with U+FFFD in place of the bad
+bytes, and ``file_b64`` holds its exact bytes, base64-encoded (``os.fsdecode(base64.b64decode(...))``
+opens it again).
+
+Memory does not grow with the number of images: the summary keeps counts, each batch is written and
+dropped, and decoded images are kept only for overlays.
+"""
 
 from __future__ import annotations
 
+import base64
+import collections
+import datetime
+import hashlib
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import cv2
 import numpy as np
 
+import camdeploy
+from camdeploy.atomic import write_json, write_text
+from camdeploy.console import warn
 from camdeploy.errors import CamdeployError
-from camdeploy.runtime.images import Frame, load_image, prepare
+from camdeploy.runtime.batches import BatchOptions, image_batches
+from camdeploy.runtime.inputs import Listing
 from camdeploy.runtime.overlay import draw_overlay
 from camdeploy.runtime.result import CamResult
 from camdeploy.runtime.runner import Runner
 
 RESULTS_NAME = "results.jsonl"
+FAILURES_NAME = "failures.jsonl"
+MANIFEST_NAME = "run.json"
+RESUME_KEYS = ("model_sha256", "backend", "resize", "box_threshold", "int8")
+"""Settings that change the results: a resumed run must have the same."""
 
 
 @dataclass(frozen=True)
@@ -31,58 +65,88 @@ class RunOptions:
     """``stretch`` or ``crop``; default: the mode stored in the model."""
     overlays: bool = False
     progress: bool = True
+    resume: bool = False
+    """Complete the results already in the folder (same model and settings), skipping their files."""
+    overwrite: bool = False
+    """Start over in a folder that holds results (they are lost)."""
+    max_pixels: int | None = None
+    """Largest image to decode (default: :data:`camdeploy.runtime.images.DEFAULT_MAX_PIXELS`)."""
+    prefetch: int = 2
+    """Batches read and prepared ahead, while the previous one runs."""
+    int8: str = "auto"
+    """Recorded in ``run.json`` (how the runner runs INT8), compared by ``--resume``."""
 
 
 @dataclass
 class RunSummary:
-    """What :func:`run_files` did."""
+    """What :func:`run_files` did: counts, not records."""
 
-    results_path: Path
-    records: list[dict] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    """``(file, reason)`` for every file that was skipped."""
-    overlay_paths: list[Path] = field(default_factory=list)
+    out_dir: Path
+    total: int = 0
+    """Images listed."""
+    processed: int = 0
+    """Images whose results this run wrote."""
+    previously: int = 0
+    """Images already in ``results.jsonl`` from an earlier run (``--resume``)."""
+    skipped: int = 0
+    """Inputs this run left out (in ``failures.jsonl``), listing problems included."""
+    overlays: int = 0
     seconds: float = 0.0
+    interrupted: bool = False
+    remaining: int = 0
+    """Images not reached (an interrupted run)."""
+
+    @property
+    def results_path(self) -> Path:
+        return self.out_dir / RESULTS_NAME
+
+    @property
+    def failures_path(self) -> Path:
+        return self.out_dir / FAILURES_NAME
+
+    @property
+    def complete(self) -> bool:
+        """Every listed input has a result."""
+        return not self.interrupted and self.skipped == 0 and self.remaining == 0
+
+    def counts(self) -> dict[str, int]:
+        return {"listed": self.total, "processed": self.processed, "previously": self.previously,
+                "skipped": self.skipped, "remaining": self.remaining}
 
 
-def _warn(message: str) -> None:
-    from tqdm import tqdm
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM in the CLI) stopped :func:`run_files`; ``summary`` says how far it got."""
 
-    tqdm.write(f"camdeploy: warning: {message}", file=sys.stderr)  # keeps a progress bar intact
-
-
-def _batches(paths: Sequence[Path], runner: Runner, options: RunOptions,
-             failures: list[tuple[str, str]], report: Callable[[str], None]
-             ) -> Iterator[tuple[list[Path], list[np.ndarray], np.ndarray, list[Frame]]]:
-    """Load and prepare images in batches; unreadable files are reported and skipped."""
-    batch: list[tuple[Path, np.ndarray, np.ndarray, Frame]] = []
-    for path in paths:
-        try:
-            image = load_image(path)
-        except CamdeployError as exc:
-            failures.append((str(path), str(exc)))
-            report(f"skipped {exc}")
-            continue
-        tensor, frame = prepare(image, runner.spec, options.resize)
-        batch.append((path, image, tensor, frame))
-        if len(batch) == options.batch_size:
-            yield _unzip(batch)
-            batch = []
-    if batch:
-        yield _unzip(batch)
+    def __init__(self, summary: RunSummary):
+        super().__init__("interrupted")
+        self.summary = summary
 
 
-def _unzip(batch: list[tuple[Path, np.ndarray, np.ndarray, Frame]]
-           ) -> tuple[list[Path], list[np.ndarray], np.ndarray, list[Frame]]:
-    return ([b[0] for b in batch], [b[1] for b in batch], np.stack([b[2] for b in batch]),
-            [b[3] for b in batch])
+def file_fields(path: Path | str) -> dict[str, str]:
+    """``file`` (and ``file_b64`` for a name that is not valid UTF-8) of a record."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate escapes: undecodable bytes in the name
+        raw = os.fsencode(text)
+        return {"file": raw.decode("utf-8", "replace"), "file_b64": base64.b64encode(raw).decode("ascii")}
+    return {"file": text}
+
+
+def record_path(record: dict) -> bytes:
+    """The exact bytes of the file name of a results or failures record."""
+    if "file_b64" in record:
+        return base64.b64decode(record["file_b64"])
+    return os.fsencode(record["file"])
 
 
 def result_record(path: Path, result: CamResult, index: int, class_names: Sequence[str]) -> dict:
     """One ``results.jsonl`` object: file, classes, labels, scores, boxes (original pixels)."""
+    if result.boxes is None:
+        raise CamdeployError("result_record: the result has no boxes (infer with outputs 'boxes' or 'all')")
     classes = [int(c) for c in result.classes[index]]
     return {
-        "file": str(path),
+        **file_fields(path),
         "classes": classes,
         "labels": [class_names[c] for c in classes],
         "scores": [round(float(s), 6) for s in result.scores[index]],
@@ -90,65 +154,198 @@ def result_record(path: Path, result: CamResult, index: int, class_names: Sequen
     }
 
 
-def _overlay_path(out_dir: Path, path: Path, taken: set[str]) -> Path:
-    name, counter = f"{path.stem}_cam.png", 1
-    while name in taken:
-        counter += 1
-        name = f"{path.stem}_{counter}_cam.png"
-    taken.add(name)
-    return out_dir / name
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def run_files(runner: Runner, paths: Sequence[Path], out_dir: str | Path,
-              options: RunOptions = RunOptions(),
-              report: Callable[[str], None] = _warn) -> RunSummary:
-    """Run ``runner`` (already open) over image files; write ``out_dir/results.jsonl``.
+class _Appender:
+    """A JSON-lines file appended whole lines at a time (one write per call)."""
 
-    With ``options.overlays``, also write one PNG per image showing the top-1 CAM, box and label.
-    A file that cannot be read is reported through ``report`` and skipped; the run goes on.
-    ``results.jsonl`` appears only when the run completes (it is written under a temporary name).
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, records: list[dict]) -> None:
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def close(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+
+
+def _read_results(path: Path) -> set[bytes]:
+    """The files already in a results file; a partial last line (a killed write) is cut off."""
+    done: set[bytes] = set()
+    if not path.is_file():
+        return done
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):  # a line cut short by a kill: drop it, it is redone
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+    for number, line in enumerate(data[:end].splitlines(), start=1):
+        try:
+            done.add(record_path(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CamdeployError(f"--resume: {path} line {number} is not a camdeploy result ({exc}); "
+                                 "it was not written by `camdeploy run`") from None
+    return done
+
+
+def _settings(runner: Runner, model: Path | None, options: RunOptions) -> dict[str, object]:
+    return {"model": str(model.resolve()) if model else None, "model_sha256": _sha256(model) if model else None,
+            "backend": runner.name, "execution": runner.execution, "resize": options.resize or runner.spec.resize,
+            "box_threshold": runner.box_threshold, "int8": options.int8, "topk": runner.spec.topk}
+
+
+def _prepare_folder(out_dir: Path, settings: dict[str, object], options: RunOptions) -> set[bytes]:
+    """Check what the folder holds against this run; return the files to skip."""
+    results, manifest = out_dir / RESULTS_NAME, out_dir / MANIFEST_NAME
+    has_results = results.is_file() and results.stat().st_size > 0
+    if options.resume:
+        if not manifest.is_file():
+            if has_results:
+                raise CamdeployError(f"--resume: {out_dir} holds {RESULTS_NAME} but no {MANIFEST_NAME} to check it "
+                                     "against; it was not written by this camdeploy. Use --overwrite to start over")
+            return set()
+        try:
+            before = json.loads(manifest.read_text(encoding="utf-8"))["settings"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CamdeployError(f"--resume: cannot read {manifest} ({exc}); use --overwrite to start over") from None
+        for key in RESUME_KEYS:
+            if before.get(key) != settings.get(key):
+                raise CamdeployError(
+                    f"--resume: the results in {out_dir} were made with {key} {before.get(key)!r}, this run has "
+                    f"{settings.get(key)!r}; resume with the same model and settings, or use --overwrite to start over"
+                )
+        return _read_results(results)
+    if has_results and not options.overwrite:
+        lines = results.read_bytes().count(b"\n")
+        raise CamdeployError(f"--out {out_dir}: already holds {RESULTS_NAME} ({lines} results); add --resume to "
+                             "complete that run, or --overwrite to start over (the results are lost)")
+    for name in (RESULTS_NAME, FAILURES_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+    return set()
+
+
+def _overlay_names(files: Sequence[Path]) -> dict[bytes, str]:
+    """A fixed overlay name per image: ``STEM_cam.png``, ``STEM_2_cam.png`` for the second file with
+    that stem in the listing, ... (the same in a resumed run)."""
+    seen: dict[str, int] = {}
+    names = {}
+    for path in files:
+        count = seen[path.stem] = seen.get(path.stem, 0) + 1
+        names[os.fsencode(path)] = f"{path.stem}_cam.png" if count == 1 else f"{path.stem}_{count}_cam.png"
+    return names
+
+
+def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | Path,
+              options: RunOptions = RunOptions(), report: Callable[[str], None] = warn,
+              model: Path | None = None) -> RunSummary:
+    """Run ``runner`` (already open) over image files; write ``out_dir/results.jsonl``,
+    ``failures.jsonl`` and ``run.json`` (see the module's docstring).
+
+    ``inputs`` is a list of image paths, or the :class:`Listing` of the user's inputs (whose
+    problems are recorded as failures). ``model`` is the exported file behind the run, recorded
+    and checked on resume (default: the runner's). A file that cannot be read is reported through
+    ``report`` and skipped. Ctrl-C raises :class:`RunInterrupted` after the results are safe.
     """
-    if options.batch_size < 1:
-        raise CamdeployError(f"--batch-size {options.batch_size}: expected a positive number")
-    out_dir = Path(out_dir)
-    summary = RunSummary(out_dir / RESULTS_NAME)
-    partial = summary.results_path.with_name(RESULTS_NAME + ".partial")
-    start = time.perf_counter()
-    done = False
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w", encoding="utf-8") as sink:
-            _run(runner, paths, out_dir, options, report, summary, sink)
-        partial.replace(summary.results_path)
-        done = True
-    except OSError as exc:
-        raise CamdeployError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from exc
-    finally:
-        if not done and partial.is_file():  # failed or interrupted: leave no partial file behind
-            partial.unlink()
-    summary.seconds = time.perf_counter() - start
-    return summary
-
-
-def _run(runner: Runner, paths: Sequence[Path], out_dir: Path, options: RunOptions,
-         report: Callable[[str], None], summary: RunSummary, sink: TextIO) -> None:
     from tqdm import tqdm
 
-    names = runner.spec.class_names
-    taken: set[str] = set()
-    with tqdm(total=len(paths), unit="img", disable=not options.progress or None, file=sys.stderr) as bar:
-        for batch_paths, images, tensors, frames in _batches(paths, runner, options, summary.failures, report):
-            result = runner.infer_images(tensors, frames)
-            for i, path in enumerate(batch_paths):
-                record = result_record(path, result, i, names)
-                summary.records.append(record)
-                sink.write(json.dumps(record) + "\n")
-                if options.overlays:
-                    label = f"{record['labels'][0]} {record['scores'][0]:.2f}"
-                    picture = draw_overlay(images[i], result.cams[i, 0], result.boxes[i, 0], label, frames[i])
-                    target = _overlay_path(out_dir, path, taken)
-                    if not cv2.imwrite(str(target), picture[:, :, ::-1]):
+    if options.batch_size < 1:
+        raise CamdeployError(f"--batch-size {options.batch_size}: expected a positive number")
+    if options.resume and options.overwrite:
+        raise CamdeployError("--resume and --overwrite: choose one (complete the results, or start over)")
+    listing = inputs if isinstance(inputs, Listing) else Listing(files=list(inputs))
+    out_dir = Path(out_dir)
+    settings = _settings(runner, model or runner.model_path, options)
+    summary = RunSummary(out_dir, total=len(listing.files))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        done = _prepare_folder(out_dir, settings, options)
+        write_text(out_dir / FAILURES_NAME, "")  # failures are retried: this run writes them anew
+        results, failures = _Appender(out_dir / RESULTS_NAME), _Appender(out_dir / FAILURES_NAME)
+    except OSError as exc:
+        raise CamdeployError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from exc
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+    def manifest(status: str) -> None:
+        write_json(out_dir / MANIFEST_NAME, {"camdeploy": camdeploy.__version__, "settings": settings,
+                                             "status": status, "started": started, "counts": summary.counts(),
+                                             "seconds": round(summary.seconds, 3)},
+                   label=f"--out {out_dir}")
+
+    todo = [path for path in listing.files if os.fsencode(path) not in done]
+    summary.previously = len(listing.files) - len(todo)
+    summary.remaining = len(todo)
+    overlay_names = _overlay_names(listing.files) if options.overlays else {}
+    skipped: collections.deque[dict] = collections.deque()  # filled by the loader thread, drained here
+
+    def on_skip(path: Path, reason: str) -> None:  # called in input order, possibly from the loader thread
+        skipped.append({**file_fields(path), "reason": reason, "stage": "read"})
+        report(f"skipped {reason}")
+
+    def record_skips() -> None:
+        taken = []
+        while skipped:
+            taken.append(skipped.popleft())
+        if taken:
+            failures.write(taken)
+            summary.skipped += len(taken)
+            summary.remaining -= len(taken)
+            bar.update(len(taken))
+
+    for entry, reason in listing.problems:
+        failures.write([{**file_fields(entry), "reason": reason, "stage": "list"}])
+        report(f"skipped {entry}: {reason}")
+        summary.skipped += 1
+    manifest("running")
+    start = time.perf_counter()
+    status = "interrupted"
+    batches = image_batches(todo, runner.spec, BatchOptions(
+        batch_size=options.batch_size, resize=options.resize, keep_images=options.overlays,
+        max_pixels=options.max_pixels, prefetch=options.prefetch), on_skip=on_skip)
+    bar = tqdm(total=len(listing.files), initial=summary.previously, unit="img",
+               disable=not options.progress or None, file=sys.stderr)
+    try:
+        for batch in batches:
+            record_skips()
+            result = runner.infer_images(batch.tensors, batch.frames, outputs="all" if options.overlays else "boxes")
+            records = [result_record(path, result, i, runner.spec.class_names) for i, path in enumerate(batch.items)]
+            if options.overlays and batch.images is not None and result.cams is not None:
+                for i, path in enumerate(batch.items):
+                    label = f"{records[i]['labels'][0]} {records[i]['scores'][0]:.2f}"
+                    picture = draw_overlay(batch.images[i], result.cams[i, 0], result.boxes[i, 0],  # type: ignore[index]
+                                           label, batch.frames[i])
+                    target = out_dir / overlay_names[os.fsencode(path)]
+                    if not cv2.imwrite(str(target), np.ascontiguousarray(picture[:, :, ::-1])):
                         raise OSError(f"cannot write {target}")
-                    summary.overlay_paths.append(target)
-            bar.update(len(batch_paths))
-        bar.update(len(paths) - bar.n)
+                    summary.overlays += 1
+            results.write(records)
+            summary.processed += len(records)
+            summary.remaining -= len(records)
+            bar.update(len(records))
+        status = "complete"
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    except OSError as exc:
+        status = "failed"
+        raise CamdeployError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from exc
+    finally:
+        batches.close()
+        record_skips()  # files left out after the last batch (or before an interruption)
+        bar.close()
+        results.close()
+        failures.close()
+        summary.seconds = time.perf_counter() - start
+        manifest(status)
+    if summary.interrupted:
+        raise RunInterrupted(summary)
+    return summary

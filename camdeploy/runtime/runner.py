@@ -4,32 +4,47 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec
-from camdeploy.runtime.boxes import cam_box, cam_boxes
+from camdeploy.runtime.boxes import cam_box, cam_boxes, check_threshold
 from camdeploy.runtime.images import Frame
 from camdeploy.runtime.result import CamResult
 
-BOX_PATHS = ("auto", "graph", "host")
+BOX_SOURCES = ("auto", "graph", "host")
+"""Where boxes come from (``--box-source``): the graph's ``boxes`` output, the host rule, or the
+faster of the two for the backend."""
+OUTPUT_SETS = ("all", "boxes", "classes")
+"""What :meth:`Runner.infer` returns: ``all`` (logits, classes, scores, CAMs, boxes), ``boxes``
+(no CAMs: nothing of the 1 MB of maps per image is kept) or ``classes`` (logits, classes, scores:
+the classifier alone, without the CAM head)."""
 
 
-def resolve_box_path(choice: str, has_graph_boxes: bool, graph_faster: bool, threshold_matches: bool,
-                     model: str) -> str:
-    """``graph`` or ``host`` for a ``--box-path`` choice; ``auto`` picks ``graph_faster``'s path."""
-    if choice not in BOX_PATHS:
-        raise CamdeployError(f"--box-path {choice!r}: expected one of {', '.join(BOX_PATHS)}")
+def resolve_box_source(choice: str, *, has_graph_boxes: bool, prefer_graph: bool, own_threshold: bool,
+                       model: str | Path) -> str:
+    """``graph`` or ``host`` for a ``--box-source`` choice.
+
+    Args:
+        choice: ``auto``, ``graph`` or ``host``.
+        has_graph_boxes: whether the model computes boxes itself.
+        prefer_graph: whether the graph's boxes are the faster on this backend (used by ``auto``).
+        own_threshold: whether the run uses the model's own box threshold (the graph's boxes do).
+        model: the model file, named in errors.
+    """
+    if choice not in BOX_SOURCES:
+        raise CamdeployError(f"--box-source {choice!r}: expected one of {', '.join(BOX_SOURCES)}")
     if choice == "graph" and not has_graph_boxes:
-        raise CamdeployError(f"--box-path graph: MODEL {model} has no boxes output; re-export it with "
-                             "`camdeploy export --boxes graph`")
-    if choice == "graph" and not threshold_matches:
-        raise CamdeployError("--box-path graph: the graph's boxes use the model's own threshold; drop "
-                             "--box-threshold or use --box-path host")
+        raise CamdeployError(f"--box-source graph: MODEL {model} has no boxes output; re-export it with "
+                             "`camdeploy export --graph-boxes on`")
+    if choice == "graph" and not own_threshold:
+        raise CamdeployError("--box-source graph: the graph's boxes use the model's own threshold; drop "
+                             "--box-threshold or use --box-source host")
     if choice == "auto":
-        return "graph" if has_graph_boxes and graph_faster and threshold_matches else "host"
+        return "graph" if has_graph_boxes and prefer_graph and own_threshold else "host"
     return choice
 
 
@@ -37,26 +52,28 @@ class Runner(ABC):
     """Base class of all backends.
 
     Subclasses implement :meth:`open`, :meth:`close`, :meth:`class_weight` and :meth:`_run`, which
-    maps a preprocessed batch to ``logits, classes, scores, cams`` (and ``features`` when asked),
-    plus ``boxes`` and ``boxes_exact`` when the graph computes them. Otherwise boxes are computed
-    here, once for every backend, by :func:`camdeploy.runtime.boxes.cam_boxes`; so are the boxes of
-    any map the graph flags as not exact (a run broken by rounding, see
-    :mod:`camdeploy.export.graph_boxes`).
+    maps a preprocessed batch to the graph's outputs for an output set of :data:`OUTPUT_SETS`.
+    Boxes are computed here, once for every backend, by :func:`camdeploy.runtime.boxes.cam_boxes`,
+    unless the backend returns the graph's ``boxes``; so are the boxes of any map the graph flags
+    as not exact (see :mod:`camdeploy.export.graph_boxes`).
     """
 
     name = "runner"
+    reference = False
+    """True for the PyTorch reference: the baseline when backends are compared."""
     precision = "fp32"
     """``fp32``, ``fp16`` or ``int8``: the precision of the model this runner runs."""
     execution = "fp32"
     """How it runs, for reports: the precision, or e.g. ``simulated int8`` (see each runner)."""
-    box_path = "host"
-    """Where boxes come from: ``graph`` (the model's boxes output) or ``host`` (the OpenCV rule)."""
+    box_source = "host"
+    """Where boxes come from once open: ``graph`` (the model's boxes output) or ``host``."""
+    model_path: Path | None = None
+    """The exported file this runner runs, if any (the PyTorch reference runs a module)."""
 
     def __init__(self, spec: ModelSpec, box_threshold: float | None = None):
         self.spec = spec
         self.box_threshold = spec.box_threshold if box_threshold is None else box_threshold
-        if not 0.0 <= self.box_threshold <= 1.0:
-            raise CamdeployError(f"--box-threshold {self.box_threshold}: expected a value in [0, 1]")
+        check_threshold(self.box_threshold)
         self.is_open = False
 
     @abstractmethod
@@ -68,25 +85,35 @@ class Runner(ABC):
         """Release the model."""
 
     @abstractmethod
-    def _run(self, images: np.ndarray, features: bool) -> dict[str, np.ndarray]:
-        """``images float32 [N, 3, S_h, S_w]`` -> ``logits, classes, scores, cams`` (+ ``features``)."""
+    def _run(self, images: np.ndarray, features: bool, outputs: str) -> dict[str, np.ndarray]:
+        """``images float32 [N, 3, S_h, S_w]`` -> ``logits, classes, scores`` (+ ``features`` when
+        asked); for ``boxes`` and ``all`` also ``cams``, or ``boxes`` and ``boxes_exact`` from the
+        graph (then ``cams`` only for ``all``)."""
 
     @abstractmethod
     def class_weight(self) -> np.ndarray:
         """The linear head's weight ``W float32 [K, C]``, for CAMs of classes outside the top T."""
 
-    def describe(self) -> dict[str, str]:
-        """What reports say about this runner: backend, precision, execution and box path."""
-        return {"backend": self.name, "precision": self.precision, "execution": self.execution,
-                "box_path": self.box_path}
+    def box_sources(self) -> tuple[str, ...]:
+        """The box sources this runner's model offers (``host``, and ``graph`` if it has boxes)."""
+        return ("host",)
 
-    def infer(self, images: np.ndarray, features: bool = False) -> CamResult:
+    def describe(self) -> dict[str, object]:
+        """What reports say about this runner."""
+        return {"backend": self.name, "model": str(self.model_path) if self.model_path else None,
+                "precision": self.precision, "execution": self.execution, "box_source": self.box_source,
+                "box_threshold": self.box_threshold}
+
+    def infer(self, images: np.ndarray, features: bool = False, outputs: str = "all") -> CamResult:
         """Run a preprocessed batch; boxes are in input-tensor pixels.
 
-        With ``features``, the result also carries the feature map ``[N, C, h, w]``.
+        With ``features``, the result also carries the feature map ``[N, C, h, w]``; ``outputs``
+        is one of :data:`OUTPUT_SETS`.
         """
         if not self.is_open:
             raise CamdeployError(f"{self.name} runner: call open() or use `with runner:` before infer()")
+        if outputs not in OUTPUT_SETS:
+            raise CamdeployError(f"outputs {outputs!r}: expected one of {', '.join(OUTPUT_SETS)}")
         expected = (3, self.spec.input_height, self.spec.input_width)
         if images.ndim != 4 or images.shape[1:] != expected or images.shape[0] == 0:
             raise CamdeployError(
@@ -94,23 +121,38 @@ class Runner(ABC):
                 " with N >= 1, as prepared by camdeploy.runtime.images.prepare"
             )
         images = np.ascontiguousarray(images, dtype=np.float32)
-        out = self._run(images, features)
-        if "boxes" in out:
-            boxes = np.array(out["boxes"], dtype=np.float32)
-            for n, t in np.argwhere(~out["boxes_exact"].astype(bool)):
-                boxes[n, t] = cam_box(out["cams"][n, t], self.box_threshold)
-        else:
-            boxes = cam_boxes(out["cams"], self.box_threshold)
-        return CamResult(out["logits"], out["classes"].astype(np.int64), out["scores"], out["cams"],
-                         boxes, out.get("features"))
+        out = self._run(images, features, outputs)
+        boxes = None
+        if outputs != "classes":
+            boxes = self._boxes(images, out)
+        return CamResult(out["logits"], out["classes"].astype(np.int64), out["scores"],
+                         out.get("cams") if outputs == "all" else None, boxes, out.get("features"))
 
-    def infer_images(self, images: np.ndarray, frames: Sequence[Frame], features: bool = False) -> CamResult:
+    def _boxes(self, images: np.ndarray, out: dict[str, np.ndarray]) -> np.ndarray:
+        if "boxes" not in out:
+            return cam_boxes(out["cams"], self.box_threshold)
+        boxes = np.array(out["boxes"], dtype=np.float32)
+        flagged = np.argwhere(~out["boxes_exact"].astype(bool))
+        if len(flagged):  # rounding broke a run in the graph: box those maps on the host
+            cams = out["cams"] if "cams" in out else self._run(images, False, "all")["cams"]
+            for n, t in flagged:
+                boxes[n, t] = cam_box(cams[n, t], self.box_threshold)
+        return boxes
+
+    def infer_images(self, images: np.ndarray, frames: Sequence[Frame], features: bool = False,
+                     outputs: str = "all") -> CamResult:
         """Run a preprocessed batch; boxes are mapped to original-image pixels through ``frames``."""
         if len(frames) != len(images):
             raise CamdeployError(f"frames: {len(frames)} frames for {len(images)} images; expected one each")
-        result = self.infer(images, features)
-        result.boxes = np.stack([frame.to_original(b) for frame, b in zip(frames, result.boxes, strict=True)])
+        result = self.infer(images, features, outputs)
+        if result.boxes is not None:
+            result.boxes = np.stack([frame.to_original(b) for frame, b in zip(frames, result.boxes, strict=True)])
         return result
+
+    def time_device(self, images: np.ndarray, repeats: int, warmup: int) -> list[float] | None:
+        """Seconds per call measured by the device itself (CUDA events), or None when the backend
+        has no device clock; ``camdeploy bench`` adds a row for it."""
+        return None
 
     def __enter__(self) -> Runner:
         self.open()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from tiny_models import TorchvisionStyle, seeded
 
+from camdeploy.backends import RunnerOptions
 from camdeploy.bench.bench import BenchOptions, format_table, plot, run_bench
 from camdeploy.errors import CamdeployError
 from camdeploy.export.exporter import ExportOptions, export_onnx
@@ -38,28 +39,36 @@ def tiny(tmp_path_factory):
 
 def test_rows_for_every_backend_scope_and_batch(tiny, tmp_path):
     model, path, images = tiny
-    options = BenchOptions(batch_sizes=(1, 2), warmup=0, repeats=2, e2e_images=4, e2e_repeats=2, torchcam=False)
-    report = run_bench([path], model, images, options, clock=TickClock(), say=lambda m: None)
+    options = BenchOptions(batch_sizes=(1, 2), warmup=0, repeats=2, e2e_images=4, e2e_repeats=2, torchcam=False,
+                           runner=RunnerOptions(torch_model=model))
+    report = run_bench([path], images, options, clock=TickClock(), cpu_clock=TickClock(), say=lambda m: None)
     keys = {(r.backend, r.scope, r.stats.batch) for r in report.rows}
     for batch in (1, 2):
-        assert {("torch", "model", batch), ("ort", "model", batch), ("ort-backbone", "model", batch),
+        assert {("torch", "model", batch), ("ort", "model", batch), ("ort [classes only]", "model", batch),
+                ("ort [no maps]", "model", batch), ("ort [graph boxes]", "model", batch),
                 ("torch", "end-to-end", batch), ("ort", "end-to-end", batch)} <= keys
+    assert report.row("ort", "model", 1).box_source == "host"  # type: ignore[union-attr]
+    assert report.row("ort [graph boxes]", "model", 1).box_source == "graph"  # type: ignore[union-attr]
     for row in report.rows:
-        assert row.speedup is not None
+        assert row.speedup == pytest.approx(1.0) and row.speedup_min == pytest.approx(1.0)
+        assert row.speedup_cpu == pytest.approx(1.0)
         if row.scope == "model":
             assert row.stats.median_ms == pytest.approx(1.0)  # one tick per call
         else:  # one tick per run of 4 files, reported per batch of `batch` images
             assert row.stats.median_ms == pytest.approx(1.0 * row.stats.batch / 4)
     table = format_table(report)
-    assert "ort-backbone" in table and "vs torch" in table and report.machine["threads"] >= 1
+    assert "[classes only]" in table and "vs torch" in table and report.machine["threads"] >= 1
+    assert report.options["load_average_before"] is not None
     json.dumps(report.as_dict())
     if plot(report, tmp_path / "bench.png"):
         assert (tmp_path / "bench.png").stat().st_size > 0
 
 
 def test_bad_options(tiny):
-    model, path, images = tiny
+    _, path, images = tiny
     with pytest.raises(CamdeployError, match="--scopes 'gpu'"):
-        run_bench([path], model, images, BenchOptions(scopes=("gpu",)))
-    with pytest.raises(CamdeployError, match="--batch-sizes"):
-        run_bench([path], model, images, BenchOptions(batch_sizes=(0,)))
+        run_bench([path], images, BenchOptions(scopes=("gpu",)))
+    with pytest.raises(CamdeployError, match="--batch-sizes 0: expected positive numbers"):
+        run_bench([path], images, BenchOptions(batch_sizes=(0,)))
+    with pytest.raises(CamdeployError, match="--backend 'torch': expected one of ort, tensorrt"):
+        run_bench([path], images, BenchOptions(backends=("torch",)))

@@ -23,9 +23,19 @@ class FakeClock:
 
 def test_warmup_is_not_timed_and_repeats_are():
     clock = FakeClock([100.0, 100.0, 0.010, 0.020, 0.030])
-    samples = time_calls(clock.work, warmup=2, repeats=3, clock=clock)
+    cpu = FakeClock([])
+    timings = time_calls(clock.work, warmup=2, repeats=3, clock=clock, cpu_clock=cpu)
     assert clock.calls == 5
-    assert samples == pytest.approx([0.010, 0.020, 0.030])
+    assert timings.wall == pytest.approx([0.010, 0.020, 0.030])
+    assert timings.cpu == [0.0, 0.0, 0.0]  # the CPU clock is read around each timed call too
+
+
+def test_cpu_time_is_reported_beside_wall_time():
+    wall = [0.001 * v for v in (4, 2, 3)]
+    stats = LatencyStats.from_samples(wall, batch=2, cpu=[0.006, 0.004, 0.005])
+    assert stats.cpu_ms == pytest.approx(5.0) and stats.cpu_ms_per_image == pytest.approx(2.5)
+    assert stats.min_ms == pytest.approx(2.0) and stats.as_dict()["cpu_ms_per_image"] == pytest.approx(2.5)
+    assert LatencyStats.from_samples(wall, batch=2).cpu_ms is None
 
 
 def test_statistics():
@@ -59,8 +69,10 @@ def test_interleaved_timing_takes_turns():
             now[0] += seconds
         return fn
 
-    samples = time_interleaved({"a": work("a", 1.0), "b": work("b", 3.0)}, warmup=1, repeats=2, clock=clock)
+    timings = time_interleaved({"a": work("a", 1.0), "b": work("b", 3.0)}, warmup=1, repeats=2, clock=clock,
+                               cpu_clock=clock)
     assert order == ["a", "b", "a", "b", "a", "b"]
-    assert samples == {"a": [1.0, 1.0], "b": [3.0, 3.0]}
+    assert {name: t.wall for name, t in timings.items()} == {"a": [1.0, 1.0], "b": [3.0, 3.0]}
+    assert timings["b"].cpu == [3.0, 3.0]
     with pytest.raises(ValueError):
         time_interleaved({"a": lambda: None}, warmup=0, repeats=0)

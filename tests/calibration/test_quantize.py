@@ -10,18 +10,19 @@ import pytest
 from onnx import numpy_helper
 from tiny_models import TorchvisionStyle, seeded
 
+from camdeploy import graph
 from camdeploy.calibration.data import CalibrationData
 from camdeploy.calibration.quantize import (
     Int8Config,
-    calibration_files,
     convert_fp16,
     head_nodes,
     quantize_int8,
 )
 from camdeploy.errors import CamdeployError
 from camdeploy.export.exporter import ExportOptions, export_onnx
+from camdeploy.graph import calibration_files
 from camdeploy.metadata import read_spec
-from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner, graph_precision
+from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
 SIZE = (32, 32)
 
@@ -60,8 +61,8 @@ def test_int8_for_tensorrt_is_symmetric_and_keeps_the_heads_float(tiny, tmp_path
     dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     weight = next(n for n in model.graph.node if n.op_type == "Gather").input[0]
     assert weight not in dequantized
-    assert graph_precision(str(out)) == "int8"
-    assert calibration_files(out) == [p.resolve() for p in images[:32]]
+    assert graph.precision(graph.load(out)) == "int8"
+    assert calibration_files(out) == [str(p.resolve()) for p in images[:32]]
     assert list(tmp_path.iterdir()) == [out]
 
 
@@ -94,7 +95,7 @@ def test_every_method_runs_with_a_last_smaller_batch(tiny, tmp_path, method, tar
     path, images = tiny
     data = CalibrationData(images[:13], read_spec(str(path)), batch_size=8, progress=False)  # batches of 8 and 5
     out = quantize_int8(path, tmp_path / f"{method}.onnx", data, Int8Config(method=method, target=target))
-    assert graph_precision(str(out)) == "int8"
+    assert graph.precision(graph.load(out)) == "int8"
     x = next(iter(CalibrationData(images[32:], data.spec, batch_size=16, progress=False)))["images"]
     with OnnxRuntimeRunner(path) as fp32, OnnxRuntimeRunner(out) as int8:
         agree = (fp32.infer(x).classes[:, 0] == int8.infer(x).classes[:, 0]).mean()
@@ -168,7 +169,7 @@ def test_fp16_keeps_float32_io_and_matches(tiny, tmp_path):
     out = convert_fp16(path, tmp_path / "h.onnx")
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert all(i.type == "tensor(float)" for i in session.get_inputs())
-    assert graph_precision(str(out)) == "fp16"
+    assert graph.precision(graph.load(out)) == "fp16"
     x = np.random.default_rng(1).normal(size=(4, 3, *SIZE)).astype(np.float32)
     with OnnxRuntimeRunner(path) as fp32, OnnxRuntimeRunner(out) as fp16:
         a, b = fp32.infer(x), fp16.infer(x)

@@ -9,11 +9,11 @@ import pytest
 from tiny_models import TorchvisionStyle, seeded
 
 from camdeploy.calibration import verify
-from camdeploy.calibration.quantize import calibration_files
 from camdeploy.calibration.verify import Agreement, refuse_disagreement
 from camdeploy.cli import main
 from camdeploy.errors import CamdeployError
 from camdeploy.export.exporter import ExportOptions, export_onnx
+from camdeploy.graph import calibration_files
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from tiny_models import TimmStyle, TorchvisionStyle, seeded
@@ -66,3 +67,22 @@ def test_cam_model_outputs(model):
     # The map of the first class of the first image, by the definition then upsampled.
     raw = slow_cams(features[:1], contract.linear.weight.detach(), classes[:1, :1]).float()
     torch.testing.assert_close(cams[:1, :1], upsample_and_normalize(raw, (32, 32)), atol=1e-5, rtol=1e-5)
+
+
+def test_numpy_cams_equal_the_torch_cams():
+    """One CAM rule: the host's NumPy/OpenCV maps (for classes outside the top T, and torchcam's row)
+    equal the graph's torch maps."""
+    from camdeploy.runtime.cams import class_maps, host_cams
+
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(3, 16, 7, 5, generator=generator)
+    weight = torch.randn(10, 16, generator=generator)
+    classes = torch.tensor([[1, 4], [9, 0], [3, 3]])
+    raw = class_activation_maps(features, weight, classes)
+    np.testing.assert_allclose(class_maps(features.numpy(), weight.numpy(), classes.numpy()), raw.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    expected = upsample_and_normalize(raw, (28, 20)).numpy()
+    got = host_cams(features.numpy(), weight.numpy(), classes.numpy(), (28, 20))
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    flat = host_cams(np.zeros((1, 16, 7, 5), np.float32), weight.numpy(), classes.numpy()[:1], (28, 20))
+    assert not flat.any(), "a constant map is all 0"

@@ -143,22 +143,22 @@ def test_graph_boxes_equal_host_boxes_of_the_graph_cams(tiny_export):
 def test_host_boxes_leave_the_graph_without_box_outputs(tmp_path):
     path = tmp_path / "host.onnx"
     report = export_onnx(seeded(TorchvisionStyle()), path, ExportOptions(
-        input_size=SIZE, topk=3, source_model="tiny", boxes="host"))
+        input_size=SIZE, topk=3, source_model="tiny", graph_boxes="off"))
     assert [o.name for o in onnx.load(str(path)).graph.output] == list(OUTPUT_NAMES)
     assert not report.graph_boxes and "host" in report.boxes_note
 
 
 def test_graph_boxes_beyond_the_tensorrt_topk_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(exporter, "TENSORRT_TOPK_LIMIT", 10)
-    with pytest.raises(CamdeployError, match=r"--boxes graph: .* exceed TensorRT's TopK limit of 10"):
+    with pytest.raises(CamdeployError, match=r"--graph-boxes on: .* exceed TensorRT's TopK limit of 10"):
         export_onnx(seeded(TorchvisionStyle()), tmp_path / "g.onnx", ExportOptions(
-            input_size=SIZE, topk=3, source_model="tiny", boxes="graph"))
+            input_size=SIZE, topk=3, source_model="tiny", graph_boxes="on"))
     assert not list(tmp_path.iterdir())
     report = export_onnx(seeded(TorchvisionStyle()), tmp_path / "a.onnx", ExportOptions(
         input_size=SIZE, topk=3, source_model="tiny"))
     assert not report.graph_boxes and "exceed" in report.boxes_note
 
 
-def test_unknown_box_mode_is_refused(tmp_path):
-    with pytest.raises(CamdeployError, match=r"--boxes 'gpu': expected one of auto, graph, host"):
-        export_onnx(seeded(TorchvisionStyle()), tmp_path / "x.onnx", ExportOptions(input_size=SIZE, boxes="gpu"))
+def test_unknown_graph_boxes_choice_is_refused(tmp_path):
+    with pytest.raises(CamdeployError, match=r"--graph-boxes 'gpu': expected one of auto, on, off"):
+        export_onnx(seeded(TorchvisionStyle()), tmp_path / "x.onnx", ExportOptions(input_size=SIZE, graph_boxes="gpu"))

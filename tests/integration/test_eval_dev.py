@@ -30,10 +30,10 @@ def test_eval_compare_ort_with_reference_on_dev(lite0_onnx, tmp_path, capsys):
         assert abs(delta) <= 0.002, (key, delta)
 
 
-def test_eval_ilsvrc_box_mode_on_dev(lite0_onnx, tmp_path, capsys):
+def test_eval_ilsvrc_loc_rule_on_dev(lite0_onnx, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert main(["eval", "--data", str(DEV / "annotations.csv"), "--onnx", str(lite0_onnx), "--box-mode", "ilsvrc",
+    assert main(["eval", "--data", str(DEV / "annotations.csv"), "--onnx", str(lite0_onnx), "--loc-rule", "ilsvrc",
                  "--json", str(out), "--no-progress"]) == 0
     metrics = json.loads(out.read_text())["metrics"]
-    assert metrics["box_mode"] == "ilsvrc" and metrics["backend"] == "ort"
+    assert metrics["loc_rule"] == "ilsvrc" and metrics["backend"] == "ort"
     assert 0.0 < metrics["top5_loc_err"] < 1.0

@@ -1,4 +1,4 @@
-"""`--boxes graph` on every dev image: the graph's own boxes against the host rule on its CAMs."""
+"""`--graph-boxes on` on every dev image: the graph's own boxes against the host rule on its CAMs."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,8 @@ from conftest import DEV
 
 from camdeploy.metadata import read_spec
 from camdeploy.runtime.boxes import cam_boxes
-from camdeploy.runtime.images import list_images, load_image, prepare
+from camdeploy.runtime.images import load_image, prepare
+from camdeploy.runtime.inputs import list_images
 from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
 pytestmark = [pytest.mark.integration, pytest.mark.data]
@@ -18,7 +19,7 @@ def test_graph_boxes_equal_host_boxes_on_all_dev_images(lite0_onnx):
     assert len(paths) == 699
     equal = flagged = maps = 0
     top1_equal = 0
-    with OnnxRuntimeRunner(lite0_onnx, box_path="graph") as runner:
+    with OnnxRuntimeRunner(lite0_onnx, box_source="graph") as runner:
         for start in range(0, len(paths), 32):
             x = np.stack([prepare(load_image(p), spec)[0] for p in paths[start:start + 32]])
             cams, boxes, exact = runner.run_outputs(["cams", "boxes", "boxes_exact"], x)

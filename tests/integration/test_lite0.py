@@ -8,33 +8,29 @@ import pytest
 from conftest import DEV
 
 import camdeploy
+from camdeploy.cache import exporter_fingerprint
 from camdeploy.cli import main
 from camdeploy.demo import demo_photos
-from camdeploy.runtime.images import list_images
+from camdeploy.eval.metrics import paired_iou
+from camdeploy.export.reference import TorchRunner
+from camdeploy.runtime.inputs import list_images
 from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from camdeploy.runtime.pipeline import RunOptions, run_files
-from camdeploy.runtime.torch_runner import TorchRunner
 
 pytestmark = pytest.mark.integration
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of ``[..., 4]`` pixel-edge boxes."""
-    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
-    inter = w * h
-    return inter / (area(a) + area(b) - inter)
+def records(summary) -> list[dict]:
+    return [json.loads(line) for line in summary.results_path.read_text().splitlines()]
 
 
 def run_both(model: Path, paths, out: Path):
-    summaries = {}
     with OnnxRuntimeRunner(model) as runner:
-        summaries["ort"] = run_files(runner, paths, out / "ort", RunOptions(batch_size=16, progress=False))
+        ort = run_files(runner, paths, out / "ort", RunOptions(batch_size=16, progress=False))
     with TorchRunner("efficientnet_lite0", runner.spec) as runner:
-        summaries["torch"] = run_files(runner, paths, out / "torch", RunOptions(batch_size=16, progress=False))
-    return summaries["ort"].records, summaries["torch"].records
+        torch = run_files(runner, paths, out / "torch", RunOptions(batch_size=16, progress=False), model=model)
+    return records(ort), records(torch)
 
 
 def test_photos_cat_is_a_cat_and_backends_agree(lite0_onnx, tmp_path):
@@ -47,14 +43,14 @@ def test_photos_cat_is_a_cat_and_backends_agree(lite0_onnx, tmp_path):
     for a, b in zip(ort_records, torch_records, strict=True):
         assert a["classes"] == b["classes"]
         np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-4)
-        assert np.all(iou(np.array(a["boxes"]), np.array(b["boxes"])) >= 0.99)
+        assert np.all(paired_iou(np.array(a["boxes"]), np.array(b["boxes"])) >= 0.99)
 
 
 def test_demo_exports_once_then_reuses_the_cache(tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache"
     monkeypatch.setenv("CAMDEPLOY_CACHE_DIR", str(cache))
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0  # first run: exports into the cache
-    cached = cache / f"efficientnet_lite0-top5-camdeploy{camdeploy.__version__}.onnx"
+    cached = cache / f"efficientnet_lite0-top5-camdeploy{camdeploy.__version__}-{exporter_fingerprint()}.onnx"
     assert cached.is_file() and "exporting efficientnet_lite0" in capsys.readouterr().err
     stamp = cached.stat().st_mtime_ns
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0  # second run: from the cache
@@ -74,14 +70,14 @@ def test_dev_images_ort_equals_reference(lite0_onnx, tmp_path):
     assert len(ort_records) == len(torch_records) == 699
     top1 = [a["classes"][0] == b["classes"][0] for a, b in zip(ort_records, torch_records, strict=True)]
     assert all(top1), f"top-1 differs on {top1.count(False)} images"
-    ious = np.array([iou(np.array(a["boxes"][0]), np.array(b["boxes"][0]))
+    ious = np.array([paired_iou(np.array(a["boxes"][0]), np.array(b["boxes"][0]))
                      for a, b in zip(ort_records, torch_records, strict=True)])
     assert ious.min() >= 0.99, f"worst top-1 box IoU {ious.min():.4f}"
     # The whole results.jsonl agrees, up to score rounding: every class, every box.
     for a, b in zip(ort_records, torch_records, strict=True):
         assert (a["file"], a["classes"], a["labels"]) == (b["file"], b["classes"], b["labels"])
         np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-4)
-        assert np.all(iou(np.array(a["boxes"]), np.array(b["boxes"])) >= 0.99)
+        assert np.all(paired_iou(np.array(a["boxes"]), np.array(b["boxes"])) >= 0.99)
     # And the model is the real thing: its top-1 accuracy on these images.
     truth = {Path(r["file"]).name: r["class_index"]
              for r in json.loads((DEV / "annotations.json").read_text())["images"]}

@@ -15,7 +15,6 @@ from camdeploy.metadata import ModelSpec, Normalization
 from camdeploy.runtime.images import (
     Frame,
     decode_image,
-    list_images,
     load_image,
     normalize,
     prepare,
@@ -342,47 +341,3 @@ def test_prepare_uses_the_spec_resize_mode_unless_overridden():
     assert prepare(image, make_spec(50, 50, resize="crop"))[1] == crop_frame
     assert prepare(image, make_spec(50, 50, resize="crop"), "stretch")[1] == stretch_frame
     assert prepare(image, make_spec(50, 50), "crop")[1] == crop_frame
-
-
-# --- listing inputs -------------------------------------------------------------------------
-
-
-def test_list_images_expands_folders_recursively_and_sorted(tmp_path):
-    root = tmp_path / "photos"
-    for name in ["b.png", "a.jpg", "sub/c.JPG", "sub/deeper/a.webp", "notes.txt", "sub/readme",
-                 "z.BMP", "sub/x.tiff"]:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(b"")
-    found = list_images([str(root)])
-    expected = [root / n for n in ["a.jpg", "b.png", "sub/c.JPG", "sub/deeper/a.webp", "sub/x.tiff",
-                                   "z.BMP"]]
-    assert found == expected
-
-
-def test_list_images_keeps_argument_order_and_named_files(tmp_path):
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (folder / "b.png").write_bytes(b"")
-    (folder / "a.png").write_bytes(b"")
-    single = tmp_path / "single.jpg"
-    single.write_bytes(b"")
-    assert list_images([str(single), str(folder)]) == [single, folder / "a.png", folder / "b.png"]
-
-
-def test_list_images_missing_path_raises_naming_input(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"")
-    missing = tmp_path / "nope"
-    message = r"^INPUT " + re.escape(str(missing)) + ": no such file or folder"
-    with pytest.raises(CamdeployError, match=message):
-        list_images([str(tmp_path), str(missing)])
-
-
-def test_list_images_empty_folder_raises(tmp_path):
-    with pytest.raises(CamdeployError, match=r"^INPUT " + re.escape(str(tmp_path)) + ": no images found"):
-        list_images([str(tmp_path)])
-
-
-def test_list_images_folder_without_images_raises(tmp_path):
-    (tmp_path / "notes.txt").write_bytes(b"hello")
-    with pytest.raises(CamdeployError, match="no images found; expected files or folders holding"):
-        list_images([str(tmp_path)])

@@ -1,8 +1,6 @@
 """ONNX Runtime and the PyTorch reference behind one interface, on a tiny exported model."""
 
-import json
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -10,11 +8,10 @@ from tiny_models import TorchvisionStyle, seeded
 
 from camdeploy.errors import CamdeployError
 from camdeploy.export.exporter import ExportOptions, export_onnx
+from camdeploy.export.reference import TorchRunner
 from camdeploy.runtime.boxes import cam_boxes
 from camdeploy.runtime.images import Frame
 from camdeploy.runtime.onnxruntime_runner import GRAPH_BOXES_FASTER, OnnxRuntimeRunner
-from camdeploy.runtime.pipeline import RunOptions, run_files
-from camdeploy.runtime.torch_runner import TorchRunner
 
 SIZE = (32, 32)
 
@@ -55,41 +52,41 @@ def test_box_threshold_override_changes_boxes(tiny):
     assert np.all(areas(b) <= areas(a)) and np.any(areas(b) < areas(a))
 
 
-def test_box_paths_give_the_same_boxes(tiny):
+def test_box_sources_give_the_same_boxes(tiny):
     _, path, _ = tiny
     x = batch(6, seed=5)
-    with OnnxRuntimeRunner(path, box_path="graph") as graph, OnnxRuntimeRunner(path, box_path="host") as host:
+    with OnnxRuntimeRunner(path, box_source="graph") as graph, OnnxRuntimeRunner(path, box_source="host") as host:
         a, b = graph.infer(x), host.infer(x)
-        assert (graph.box_path, host.box_path) == ("graph", "host")
-        assert "boxes" not in [o.name for o in host._session.get_outputs()], "host path cuts the box nodes"
+        assert (graph.box_source, host.box_source) == ("graph", "host")
+        assert "boxes" not in [o.name for o in host._sessions["main"].get_outputs()], "host path cuts the box nodes"
     np.testing.assert_array_equal(a.boxes, b.boxes)
     np.testing.assert_array_equal(a.cams, b.cams)
 
 
-def test_auto_box_path_per_provider_and_threshold(tiny):
+def test_auto_box_source_per_provider_and_threshold(tiny):
     _, path, _ = tiny
     with OnnxRuntimeRunner(path) as cpu, OnnxRuntimeRunner(path, box_threshold=0.5) as override:
-        assert cpu.box_path == ("graph" if GRAPH_BOXES_FASTER["cpu"] else "host")
-        assert override.box_path == "host", "the graph's boxes are for the model's own threshold"
+        assert cpu.box_source == ("graph" if GRAPH_BOXES_FASTER["cpu"] else "host")
+        assert override.box_source == "host", "the graph's boxes are for the model's own threshold"
     assert GRAPH_BOXES_FASTER["tensorrt"] and GRAPH_BOXES_FASTER["cuda"]
 
 
-def test_graph_box_path_errors(tiny, tmp_path):
+def test_graph_box_source_errors(tiny, tmp_path):
     _, path, _ = tiny
-    with pytest.raises(CamdeployError, match="--box-path graph: the graph's boxes use the model's own threshold"):
-        OnnxRuntimeRunner(path, box_threshold=0.5, box_path="graph").open()
+    with pytest.raises(CamdeployError, match="--box-source graph: the graph's boxes use the model's own threshold"):
+        OnnxRuntimeRunner(path, box_threshold=0.5, box_source="graph").open()
     host_only = tmp_path / "host.onnx"
-    export_onnx(seeded(TorchvisionStyle()), host_only, ExportOptions(input_size=SIZE, topk=3, boxes="host"))
-    with pytest.raises(CamdeployError, match="has no boxes output; re-export it with `camdeploy export --boxes graph`"):
-        OnnxRuntimeRunner(host_only, box_path="graph").open()
-    with pytest.raises(CamdeployError, match="--box-path 'fast': expected one of auto, graph, host"):
-        OnnxRuntimeRunner(path, box_path="fast").open()
+    export_onnx(seeded(TorchvisionStyle()), host_only, ExportOptions(input_size=SIZE, topk=3, graph_boxes="off"))
+    with pytest.raises(CamdeployError, match="has no boxes output; re-export it with `camdeploy export --graph-boxes"):
+        OnnxRuntimeRunner(host_only, box_source="graph").open()
+    with pytest.raises(CamdeployError, match="--box-source 'fast': expected one of auto, graph, host"):
+        OnnxRuntimeRunner(path, box_source="fast").open()
 
 
 def test_maps_the_graph_flags_are_boxed_on_the_host(tiny, monkeypatch):
     _, path, _ = tiny
     x = batch(3, seed=6)
-    with OnnxRuntimeRunner(path, box_path="graph") as runner:
+    with OnnxRuntimeRunner(path, box_source="graph") as runner:
         real = runner.run_outputs
 
         def flagged(names, images):
@@ -168,32 +165,3 @@ def test_torch_runner_refuses_a_model_with_other_classes(tiny):
     _, _, spec = tiny
     with pytest.raises(CamdeployError, match="has 7 classes but the exported model has 10"):
         TorchRunner(seeded(TorchvisionStyle(classes=7)), spec).open()
-
-
-def test_run_files_skips_corrupt_images_and_writes_results(tiny, tmp_path):
-    _, path, spec = tiny
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i, (h, w) in enumerate([(40, 60), (50, 50), (30, 90)]):
-        cv2.imwrite(str(images / f"img{i}.png"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-    (images / "broken.png").write_bytes(b"\x89PNG not really")
-    files = sorted(images.iterdir())
-    reports: list[str] = []
-    with OnnxRuntimeRunner(path) as runner:
-        summary = run_files(runner, files, tmp_path / "out", RunOptions(batch_size=2, overlays=True,
-                                                                        progress=False), reports.append)
-    assert [f for f, _ in summary.failures] == [str(images / "broken.png")]
-    assert len(reports) == 1 and "broken.png: not a readable image" in reports[0]
-    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    assert [r["file"] for r in records] == [str(images / f"img{i}.png") for i in range(3)]
-    for record, (h, w) in zip(records, [(40, 60), (50, 50), (30, 90)], strict=True):
-        assert set(record) == {"file", "classes", "labels", "scores", "boxes"}
-        assert record["labels"] == [spec.class_names[c] for c in record["classes"]]
-        assert len(record["boxes"]) == 3
-        for x0, y0, x1, y1 in record["boxes"]:
-            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
-    assert sorted(p.name for p in summary.overlay_paths) == ["img0_cam.png", "img1_cam.png", "img2_cam.png"]
-    assert cv2.imread(str(summary.overlay_paths[2])).shape == (30, 90, 3)
-    assert not list((tmp_path / "out").glob("*.partial"))

@@ -8,7 +8,7 @@ from camdeploy.calibration.data import CalibrationData
 from camdeploy.calibration.quantize import convert_fp16, quantize_int8
 from camdeploy.cli import main
 from camdeploy.metadata import read_spec
-from camdeploy.runtime.tensorrt_check import check_tensorrt
+from camdeploy.runtime.tensorrt_engine import check_tensorrt
 
 pytestmark = pytest.mark.tensorrt
 
@@ -31,7 +31,7 @@ def variants(tmp_path_factory):
     data = CalibrationData(images, read_spec(str(fp32)), progress=False)
     host = folder / "fp32-host-boxes.onnx"
     export_onnx(seeded(TorchvisionStyle()), host, ExportOptions(input_size=(32, 32), topk=3, source_model="tiny",
-                                                                boxes="host"))
+                                                                graph_boxes="off"))
     return {"fp32": fp32, "fp32-host-boxes": host, "int8": quantize_int8(fp32, folder / "int8.onnx", data),
             "fp16": convert_fp16(fp32, folder / "fp16.onnx")}
 

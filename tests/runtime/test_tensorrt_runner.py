@@ -8,14 +8,10 @@ import pytest
 
 from camdeploy.cli import main
 from camdeploy.errors import CamdeployError
-from camdeploy.runtime.tensorrt_runner import (
-    NO_GPU,
-    EngineOptions,
-    TensorRTRunner,
-    build_engine,
-    engine_key,
-    gpu_descriptor,
-)
+from camdeploy.runtime import cuda as cuda_module
+from camdeploy.runtime.cuda import NO_GPU, gpu_descriptor
+from camdeploy.runtime.tensorrt_engine import EngineOptions, build_engine, engine_key
+from camdeploy.runtime.tensorrt_runner import TensorRTRunner
 
 SIZE = (32, 32)
 
@@ -119,16 +115,16 @@ def test_tensorrt_options_belong_to_the_tensorrt_backend(tiny, tmp_path, capsys)
 
 @pytest.mark.cuda
 @pytest.mark.tensorrt
-@pytest.mark.parametrize("box_path", ["graph", "host"])
-def test_tensorrt_equals_onnx_runtime(tiny, box_path):
+@pytest.mark.parametrize("box_source", ["graph", "host"])
+def test_tensorrt_equals_onnx_runtime(tiny, box_source):
     from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     x = np.random.default_rng(0).normal(size=(5, 3, *SIZE)).astype(np.float32)
-    with TensorRTRunner(tiny, EngineOptions(batch=(1, 4, 8)), box_path=box_path) as trt_runner, \
-            OnnxRuntimeRunner(tiny, box_path="host") as ort_runner:
+    with TensorRTRunner(tiny, EngineOptions(batch=(1, 4, 8)), box_source=box_source) as trt_runner, \
+            OnnxRuntimeRunner(tiny, box_source="host") as ort_runner:
         a, b = trt_runner.infer(x), ort_runner.infer(x)
-        assert trt_runner.box_path == box_path
-        samples = trt_runner.time_gpu(x, repeats=3, warmup=1)
+        assert trt_runner.box_source == box_source
+        samples = trt_runner.time_device(x, repeats=3, warmup=1)
     np.testing.assert_array_equal(a.classes, b.classes)
     np.testing.assert_allclose(a.cams, b.cams, atol=1e-3)
     same = (a.boxes == b.boxes).all(axis=-1).mean()
@@ -282,26 +278,25 @@ def _fake_tensorrt(onnx_path, cuda):
 _fake_tensorrt.__test__ = False  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("box_path", ["graph", "host"])
-def test_runner_logic_with_fake_cuda_and_engine(tiny, tmp_path, monkeypatch, box_path):
-    from camdeploy.runtime import tensorrt_runner
+@pytest.mark.parametrize("box_source", ["graph", "host"])
+def test_runner_logic_with_fake_cuda_and_engine(tiny, tmp_path, monkeypatch, box_source):
     from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     cuda = _FakeCuda()
     fake = _fake_tensorrt(tiny, cuda)
-    monkeypatch.setattr(tensorrt_runner, "_cudart", lambda: cuda)
-    monkeypatch.setattr(tensorrt_runner, "_tensorrt", lambda options: fake)
+    monkeypatch.setattr(cuda_module, "cudart", lambda: cuda)
+    monkeypatch.setattr(EngineOptions, "tensorrt", lambda options: fake)
     plan = tmp_path / "fake.plan"
     plan.write_bytes(b"not an engine: the fake runtime ignores it")
     x = np.random.default_rng(2).normal(size=(6, 3, *SIZE)).astype(np.float32)
-    runner = TensorRTRunner(tiny, EngineOptions(batch=(1, 4, 8)), plan=plan, box_path=box_path)
-    with runner, OnnxRuntimeRunner(tiny, box_path="host") as reference:
-        assert runner.gpu == "Fake GPU (sm_89)" and runner.box_path == box_path
+    runner = TensorRTRunner(tiny, EngineOptions(batch=(1, 4, 8)), plan=plan, box_source=box_source)
+    with runner, OnnxRuntimeRunner(tiny, box_source="host") as reference:
+        assert runner.gpu == "Fake GPU (sm_89)" and runner.box_source == box_source
         small, large = runner.infer(x[:2], features=True), runner.infer(x)  # buffers grow for the larger batch
         expected = reference.infer(x)
         with pytest.raises(CamdeployError, match="profile takes 1 to 8 images"):
             runner.infer(np.zeros((9, 3, *SIZE), np.float32))
-        assert runner.time_gpu(x, repeats=2, warmup=1) == [0.0015, 0.0015]
+        assert runner.time_device(x, repeats=2, warmup=1) == [0.0015, 0.0015]
     assert not cuda.memory, "close() frees every device buffer"
     np.testing.assert_array_equal(large.classes, expected.classes)
     np.testing.assert_allclose(large.cams, expected.cams, atol=1e-6)

@@ -21,14 +21,17 @@ import cv2
 import numpy as np
 
 from camdeploy.errors import CamdeployError
+from camdeploy.runtime.boxes import threshold_mask
 
-BOX_MODES = ("paper", "ilsvrc")
+LOC_RULES = ("paper", "ilsvrc")
+"""``--loc-rule``: how CAMs become localization guesses."""
 ILSVRC_THRESHOLDS = (20 / 255, 100 / 255, 110 / 255)
 
 
 def region_boxes(cam: np.ndarray, threshold: float) -> np.ndarray:
-    """Pixel-edge boxes ``[B, 4]`` of every 8-connected region of ``cam >= threshold * max``."""
-    mask = (cam >= threshold * float(cam.max())).astype(np.uint8)
+    """Pixel-edge boxes ``[B, 4]`` of every 8-connected region of ``cam >= threshold * max`` (the
+    threshold arithmetic of the box rule, :func:`camdeploy.runtime.boxes.threshold_mask`)."""
+    mask = threshold_mask(cam, threshold)
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
     x, y, w, h = (stats[1:, i].astype(np.float64) for i in range(4))
     return np.stack([x, y, x + w, y + h], axis=1) if count > 1 else np.zeros((0, 4))
@@ -54,16 +57,16 @@ def loose_and_tight(cam: np.ndarray, thresholds: tuple[float, ...] = ILSVRC_THRE
     return boxes[kept[0]], boxes[kept[1] if len(kept) > 1 else kept[0]]
 
 
-def guesses(mode: str, classes: np.ndarray, cams: np.ndarray, boxes: np.ndarray
+def guesses(rule: str, classes: np.ndarray, cams: np.ndarray, boxes: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray]:
     """Localization guesses of one image -> ``classes [G]``, pixel-edge ``boxes [G, 4]`` in the
     CAM's frame. ``classes [T]``, ``cams [T, H, W]`` and the plain-rule ``boxes [T, 4]``."""
-    if mode == "paper":
+    if rule == "paper":
         return classes[:5], boxes[:5].astype(np.float64)
-    if mode != "ilsvrc":
-        raise CamdeployError(f"--box-mode {mode!r}: expected one of {', '.join(BOX_MODES)}")
+    if rule != "ilsvrc":
+        raise CamdeployError(f"--loc-rule {rule!r}: expected one of {', '.join(LOC_RULES)}")
     if len(classes) < 3:
-        raise CamdeployError(f"--box-mode ilsvrc needs the CAMs of 3 classes; the model has T={len(classes)} "
+        raise CamdeployError(f"--loc-rule ilsvrc needs the CAMs of 3 classes; the model has T={len(classes)} "
                              "(re-export with --topk 5)")
     picked = [loose_and_tight(cams[t]) for t in range(3)]
     out_boxes = np.stack([picked[0][0], picked[0][1], picked[1][0], picked[1][1], picked[2][0]])

@@ -1,12 +1,12 @@
-"""The PyTorch reference: the model's eager forward plus the same CAM math as the graph.
+"""The PyTorch reference: the model's eager forward plus the same CAM math as the exported graph.
 
-On the first batch it runs, the runner also checks that the model's own ``forward`` gives the
-same logits as ``linear(pool(features(x)))`` on those real inputs, not only on the export's
-random probe.
+It lives with the code that needs torch (the model contract and the CAM head); the runtime never
+imports it. On the first batch it runs, the runner also checks that the model's own ``forward``
+gives the same logits as ``linear(pool(features(x)))`` on those real inputs, not only on the
+export's random probe.
 
-Needs the ``export`` extra (torch). Preprocessing, T and the box threshold come from the
-:class:`ModelSpec` (usually the exported file's metadata), so that the reference and the graph see
-identical inputs.
+Preprocessing, T and the box threshold come from the :class:`ModelSpec` (usually the exported
+file's metadata), so that the reference and the graph see identical inputs.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from camdeploy.errors import CamdeployError
+from camdeploy.export.cam_head import OUTPUT_NAMES, CamModel
+from camdeploy.export.contract import find_contract
+from camdeploy.export.sources import load_model
 from camdeploy.metadata import ModelSpec
 from camdeploy.runtime.runner import Runner
 
@@ -28,9 +32,11 @@ class TorchRunner(Runner):
         spec: input size, normalisation, T and threshold to use.
         box_threshold: overrides ``spec.box_threshold``.
         feature_module, linear_module: the contract override, as for export.
+        threads: torch's intra-op threads (default: torch's own).
     """
 
     name = "torch"
+    reference = True
 
     def __init__(self, model: object, spec: ModelSpec, box_threshold: float | None = None,
                  feature_module: str | None = None, linear_module: str | None = None, threads: int | None = None):
@@ -39,30 +45,34 @@ class TorchRunner(Runner):
             raise CamdeployError(f"--threads {threads}: expected a positive number")
         self.threads = threads
         self.model = model
-        self._checked = False
-        self._module: Any = None
         self.feature_module = feature_module
         self.linear_module = linear_module
-        self._cam_model: Any = None
+        self.execution = "PyTorch eager, fp32"
+        self._checked = False
+        self._module: Any = None
+        self._cam_model: CamModel | None = None
+
+    @property
+    def cam_model(self) -> CamModel:
+        """The open model's :class:`CamModel` (its ``features`` and ``linear`` modules, e.g. for a
+        hook-based peer such as torchcam)."""
+        if self._cam_model is None:
+            raise CamdeployError("torch runner: call open() or use `with runner:` first")
+        return self._cam_model
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "model": self.model if isinstance(self.model, str) else type(self.model).__name__}
 
     def open(self) -> None:
-        try:
-            import torch
-        except ImportError as exc:
-            raise CamdeployError(
-                "--backend torch needs PyTorch: install the 'export' extra (pip install 'camdeploy[export]')"
-            ) from exc
-        from camdeploy.export.cam_head import CamModel
-        from camdeploy.export.contract import find_contract
-        from camdeploy.export.sources import load_model
-
         size = (self.spec.input_height, self.spec.input_width)
         model = self.model
         if isinstance(model, str):
             if size[0] != size[1]:
                 raise CamdeployError(f"--model {model}: only square inputs are supported, got {size}")
             model = load_model(model, input_size=size[0]).module
-        contract = find_contract(model, size, feature_module=self.feature_module,  # type: ignore[arg-type]
+        if not isinstance(model, torch.nn.Module):
+            raise CamdeployError(f"model: got {type(model).__name__}; expected a torch.nn.Module or a --model name")
+        contract = find_contract(model, size, feature_module=self.feature_module,
                                  linear_module=self.linear_module, pooling=self.spec.pooling)
         if contract.linear.out_features != len(self.spec.class_names):
             raise CamdeployError(
@@ -73,8 +83,6 @@ class TorchRunner(Runner):
         self._cam_model = CamModel(contract, self.spec.topk, size).eval()
         self._module = model
         if self.threads:
-            import torch
-
             torch.set_num_threads(self.threads)
         self.is_open = True
 
@@ -82,20 +90,17 @@ class TorchRunner(Runner):
         self._cam_model = None
         self.is_open = False
 
-    def _run(self, images: np.ndarray, features: bool) -> dict[str, np.ndarray]:
-        import torch
-
-        from camdeploy.export.cam_head import OUTPUT_NAMES
-
-        assert self._cam_model is not None  # guarded by infer()
+    def _run(self, images: np.ndarray, features: bool, outputs: str) -> dict[str, np.ndarray]:
+        cam_model = self.cam_model
         with torch.inference_mode():
             x = torch.from_numpy(images)
-            outputs = dict(zip(OUTPUT_NAMES, self._cam_model(x), strict=True))
+            computed = cam_model.classify(x) if outputs == "classes" else cam_model(x)
+            out = dict(zip(OUTPUT_NAMES, computed, strict=False))
             if not self._checked:  # once: the decomposition reproduces the model's own forward
-                self._check_forward(self._module(x), outputs["logits"])
+                self._check_forward(self._module(x), out["logits"])
         if not features:
-            del outputs["features"]
-        return {name: tensor.numpy() for name, tensor in outputs.items()}
+            del out["features"]
+        return {name: tensor.numpy() for name, tensor in out.items()}
 
     def _check_forward(self, logits: Any, decomposed: Any) -> None:
         error = float((logits - decomposed).abs().max())
@@ -107,6 +112,4 @@ class TorchRunner(Runner):
         self._checked = True
 
     def class_weight(self) -> np.ndarray:
-        if self._cam_model is None:
-            raise CamdeployError("torch runner: call open() or use `with runner:` first")
-        return self._cam_model.linear.weight.detach().numpy().astype(np.float32)
+        return self.cam_model.linear.weight.detach().numpy().astype(np.float32)

@@ -1,4 +1,4 @@
-"""Localization box modes (camdeploy.eval.box_modes) on hand-made CAMs."""
+"""Localization box modes (camdeploy.eval.loc_rules) on hand-made CAMs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from camdeploy.errors import CamdeployError
-from camdeploy.eval import box_modes
-from camdeploy.eval.box_modes import ILSVRC_THRESHOLDS, guesses, loose_and_tight, region_boxes
+from camdeploy.eval import loc_rules
+from camdeploy.eval.loc_rules import ILSVRC_THRESHOLDS, guesses, loose_and_tight, region_boxes
 
 
 def paint(height: int, width: int, rects: list[tuple[float, int, int, int, int]], background: float = 0.0
@@ -129,7 +129,7 @@ def fake_regions(monkeypatch: pytest.MonkeyPatch, boxes: list[list[float]]) -> N
         if threshold == ILSVRC_THRESHOLDS[0]:
             return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         return np.zeros((0, 4))
-    monkeypatch.setattr(box_modes, "region_boxes", regions)
+    monkeypatch.setattr(loc_rules, "region_boxes", regions)
 
 
 @pytest.mark.parametrize("candidate, kept", [
@@ -200,13 +200,13 @@ def test_ilsvrc_mode_two_boxes_for_classes_1_and_2_and_one_for_class_3() -> None
 
 
 @pytest.mark.parametrize("mode", ["tight", "PAPER", ""])
-def test_invalid_mode_names_box_mode(mode: str) -> None:
-    with pytest.raises(CamdeployError, match=rf"^--box-mode {mode!r}: expected one of paper, ilsvrc$"):
+def test_invalid_rule_names_the_flag(mode: str) -> None:
+    with pytest.raises(CamdeployError, match=rf"^--loc-rule {mode!r}: expected one of paper, ilsvrc$"):
         guesses(mode, np.arange(5), np.zeros((5, 4, 4)), np.zeros((5, 4)))
 
 
 @pytest.mark.parametrize("count", [1, 2])
 def test_ilsvrc_needs_three_classes(count: int) -> None:
-    with pytest.raises(CamdeployError, match=rf"^--box-mode ilsvrc needs the CAMs of 3 classes; the model has "
+    with pytest.raises(CamdeployError, match=rf"^--loc-rule ilsvrc needs the CAMs of 3 classes; the model has "
                                              rf"T={count} \(re-export with --topk 5\)"):
         guesses("ilsvrc", np.arange(count), np.ones((count, 4, 4)), np.zeros((count, 4)))

@@ -1,0 +1,113 @@
+"""``camdeploy run``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from camdeploy.cli.common import MAX_BATCH, add_backend, add_runner_options, runner_options
+from camdeploy.errors import CamdeployError
+
+EXIT_PARTIAL = 3
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="classify images and localise each top class",
+        description="Run an exported model over images; write OUT/results.jsonl with one object per image "
+        "(file, classes, labels, scores, and boxes [x0,y0,x1,y1] per class in original pixels, pixel-edge "
+        "coordinates), appended as batches finish; OUT/failures.jsonl with every input left out and why; and "
+        "OUT/run.json with the model's SHA-256, the settings, the status and the counts. An interrupted run keeps "
+        "what it finished: --resume completes it.",
+        epilog="exit status: 0 every input processed; 3 some inputs left out (see failures.jsonl; --allow-partial "
+        "gives 0); 1 an error or nothing could be read; 130 interrupted")
+    p.add_argument("model", metavar="MODEL.onnx", help="a model written by `camdeploy export`")
+    p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders (recursive, following "
+                   "symbolic links)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    add_backend(p)
+    add_runner_options(p)
+    p.add_argument("--batch-size", type=int, default=8, help=f"images per inference (default 8, at most "
+                   f"{MAX_BATCH})")
+    p.add_argument("--resize", choices=("stretch", "crop"), help="image resize (default: the model's own)")
+    p.add_argument("--max-pixels", type=int, help="largest image to decode, in pixels (default 100000000); larger "
+                   "ones are left out (large JPEGs are decoded reduced when that stays within the limit)")
+    p.add_argument("--overlays", action="store_true",
+                   help="also write a PNG per image with the top-1 heatmap, box and label")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--resume", action="store_true", help="complete the results already in --out (made with the "
+                       "same model and settings): skip the files they hold, retry the failed ones")
+    state.add_argument("--overwrite", action="store_true", help="start over in an --out that holds results")
+    p.add_argument("--allow-partial", action="store_true", help="exit 0 even when some inputs were left out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's pre-emption) stops the run like Ctrl-C: finished results are kept."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not in the main thread: leave the handler alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from camdeploy.backends import make_runner
+    from camdeploy.console import warn
+    from camdeploy.runtime.inputs import list_inputs
+    from camdeploy.runtime.pipeline import RunInterrupted, RunOptions, run_files
+
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        raise CamdeployError(f"--batch-size {args.batch_size}: expected 1 to {MAX_BATCH}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise CamdeployError(f"--max-pixels {args.max_pixels}: expected a positive number of pixels")
+    listing = list_inputs(args.inputs)
+    out = args.out.resolve()
+    listing.files = [p for p in listing.files if out not in p.resolve().parents]  # not our own overlays
+    if not listing.files and not listing.problems:
+        raise CamdeployError(f"INPUT {' '.join(args.inputs)}: no images found (outside --out {args.out}); expected "
+                             "files or folders holding image files")
+    for message in listing.warnings:
+        warn(message)
+    runner = make_runner(args.backend, args.model, runner_options(args, args.batch_size))
+    options = RunOptions(batch_size=args.batch_size, resize=args.resize, overlays=args.overlays,
+                         progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite,
+                         max_pixels=args.max_pixels, int8=args.int8)
+    try:
+        with sigterm_as_interrupt(), runner:
+            summary = run_files(runner, listing, args.out, options, model=Path(args.model))
+    except RunInterrupted as stop:
+        done = stop.summary
+        print(f"camdeploy run: interrupted after {done.processed + done.previously} of {done.total} images "
+              f"({done.remaining} not reached); the results so far are in {done.results_path}; rerun with --resume "
+              "to complete them", file=sys.stderr)
+        return 130
+    finished = summary.processed + summary.previously
+    if summary.processed:
+        print(f"{summary.processed} images in {summary.seconds:.2f} s "
+              f"({1000 * summary.seconds / summary.processed:.1f} ms/image, backend {args.backend}"
+              f"{', ' + runner.execution if runner.execution != 'fp32' else ''}); results in {summary.results_path}")
+    if summary.previously:
+        print(f"{summary.previously} images were already done (--resume)")
+    if not finished:
+        print(f"camdeploy run: error: none of the {summary.total} inputs could be read; see "
+              f"{summary.failures_path}", file=sys.stderr)
+        return 1
+    if summary.skipped:
+        print(f"{summary.skipped} inputs left out (reasons in {summary.failures_path})")
+        return 0 if args.allow_partial else EXIT_PARTIAL
+    return 0

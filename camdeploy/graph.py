@@ -1,0 +1,147 @@
+"""Inspecting and cutting an exported camdeploy graph: what the exporter, the runtimes, calibration
+and the hosts all need, with no dependency on either side (numpy and onnx only).
+
+The contract of an exported file (see the README's "What the graph computes"): input
+:data:`INPUT_NAME` ``float32 [N, 3, S_h, S_w]``; outputs :data:`CAM_OUTPUTS` and, when the graph
+computes boxes itself, :data:`BOX_OUTPUTS`; metadata in :mod:`camdeploy.metadata`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from camdeploy.errors import CamdeployError
+from camdeploy.metadata import ModelSpec
+
+INPUT_NAME = "images"
+CAM_OUTPUTS = ("logits", "features", "classes", "scores", "cams")
+"""The outputs every exported graph has, in this order."""
+BOX_OUTPUTS = ("boxes", "boxes_exact")
+"""The outputs of a graph that computes boxes itself (``camdeploy export --graph-boxes``)."""
+CLASS_OUTPUTS = ("logits", "classes", "scores")
+"""What classification alone needs: the graph cut here has no CAM head."""
+CALIBRATION_FILES = "camdeploy.calibration_files"
+"""Metadata key of an INT8 model: JSON list of the images that set its ranges."""
+VERIFICATION_KEY = "camdeploy.calibration_verification"
+"""Metadata key of an INT8 model: JSON of its verification on held-back images (their ``files`` too)."""
+
+
+def load(path: str | os.PathLike[str], *, weights: bool = True) -> onnx.ModelProto:
+    """Read an ``.onnx`` file; a missing, empty or unreadable file is a one-line error naming it."""
+    try:
+        model = onnx.load(str(path), load_external_data=weights)
+    except FileNotFoundError:
+        raise CamdeployError(f"MODEL {path}: no such file; expected an .onnx file written by "
+                             "`camdeploy export`") from None
+    except IsADirectoryError:
+        raise CamdeployError(f"MODEL {path}: is a folder; expected an .onnx file") from None
+    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX files
+        raise CamdeployError(f"MODEL {path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node and not model.graph.output:  # protobuf parses an empty file as an empty model
+        raise CamdeployError(f"MODEL {path}: not an ONNX model (the file is empty or holds no graph)")
+    return model
+
+
+def has_box_outputs(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` computes boxes itself (outputs :data:`BOX_OUTPUTS`)."""
+    return any(o.name == BOX_OUTPUTS[0] for o in model.graph.output)
+
+
+def cut(model: onnx.ModelProto, outputs: tuple[str, ...]) -> onnx.ModelProto:
+    """A copy of ``model`` computing only ``outputs`` (from all its inputs), with its metadata:
+    the nodes nothing else needs are gone, so that they cost nothing."""
+    from onnx.utils import Extractor
+
+    missing = set(outputs) - {o.name for o in model.graph.output} - {n for node in model.graph.node
+                                                                     for n in node.output}
+    if missing:
+        raise CamdeployError(f"the graph has no tensor named {', '.join(sorted(missing))}")
+    inputs = [i.name for i in model.graph.input]
+    result = Extractor(model).extract_model(inputs, list(outputs))
+    result.metadata_props.extend(model.metadata_props)
+    result.producer_name, result.producer_version = model.producer_name, model.producer_version
+    return result
+
+
+def without_boxes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without :data:`BOX_OUTPUTS` and the nodes only they need (for the host box rule)."""
+    return cut(model, tuple(o.name for o in model.graph.output if o.name not in BOX_OUTPUTS))
+
+
+def precision(model: onnx.ModelProto) -> str:
+    """``int8`` for a Q/DQ graph, ``fp16`` when its weights are float16, else ``fp32``."""
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def class_weight(model: onnx.ModelProto, num_classes: int, source: str = "MODEL") -> np.ndarray:
+    """The linear head's weight ``W float32 [K, C]``: the data input of the Gather that selects the
+    top classes' rows in the CAM head (through a Cast in an fp16 variant)."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    casts = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast"}
+    for node in model.graph.node:
+        name = node.input[0] if node.op_type == "Gather" else ""
+        name = casts.get(name, name)
+        tensor = initializers.get(name)
+        if tensor is not None and len(tensor.dims) == 2 and tensor.dims[0] == num_classes:
+            return numpy_helper.to_array(tensor).astype(np.float32)
+    raise CamdeployError(f"{source}: no [{num_classes}, C] class weight feeds a Gather; "
+                         "re-export it with `camdeploy export`")
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def check_contract(model: onnx.ModelProto, spec: ModelSpec, source: str = "MODEL") -> None:
+    """Refuse, in one line, a graph whose input and outputs do not match its camdeploy metadata
+    (a file whose metadata was copied onto another graph, or a graph edited after export)."""
+    inputs = {i.name: i for i in model.graph.input}
+    outputs = {o.name: o for o in model.graph.output}
+    expected_input = ["N", 3, spec.input_height, spec.input_width]
+    found = _dims(inputs[INPUT_NAME]) if INPUT_NAME in inputs else None
+    if found is None or len(found) != 4 or found[1:] != expected_input[1:]:
+        raise CamdeployError(f"{source}: its metadata describes input {INPUT_NAME!r} [N, 3, {spec.input_height}, "
+                             f"{spec.input_width}] but the graph has {found if found else 'no such input'}; "
+                             "re-export it with `camdeploy export`")
+    missing = [name for name in CAM_OUTPUTS if name not in outputs]
+    if missing:
+        raise CamdeployError(f"{source}: it has camdeploy metadata but lacks the output(s) {', '.join(missing)} "
+                             f"(it has {', '.join(outputs) or 'none'}); re-export it with `camdeploy export`")
+    expected = {"logits": [len(spec.class_names)], "classes": [spec.topk], "scores": [spec.topk],
+                "cams": [spec.topk, spec.input_height, spec.input_width]}
+    for name, tail in expected.items():
+        dims = _dims(outputs[name])
+        if dims and [d for d in dims[1:]] != tail and all(isinstance(d, int) and d for d in dims[1:]):
+            raise CamdeployError(f"{source}: output {name!r} has shape {dims} but its metadata implies "
+                                 f"[N, {', '.join(map(str, tail))}]; re-export it with `camdeploy export`")
+
+
+def describe(model: onnx.ModelProto) -> dict[str, object]:
+    """Inputs, outputs (name, element type, shape), opset and metadata, for ``camdeploy info``."""
+
+    def tensors(values: list[onnx.ValueInfoProto]) -> list[dict[str, object]]:
+        return [{"name": v.name, "type": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": _dims(v)} for v in values]
+
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    return {"inputs": tensors(list(model.graph.input)), "outputs": tensors(list(model.graph.output)),
+            "opset": opset, "precision": precision(model),
+            "metadata": {p.key: p.value for p in model.metadata_props}}
+
+
+def calibration_files(path: str | os.PathLike[str]) -> list[str]:
+    """The images of a quantized model's calibration draw, those that set its ranges and those held
+    back to verify it (empty for other models), so that evaluation can refuse them."""
+    import json
+
+    props = {p.key: p.value for p in load(path, weights=False).metadata_props}
+    files = json.loads(props.get(CALIBRATION_FILES, "[]"))
+    return [*files, *json.loads(props.get(VERIFICATION_KEY, "{}")).get("files", [])]

@@ -1,0 +1,174 @@
+"""Files to results.jsonl: streamed, resumable, every skip accounted for (a tiny model, images made here)."""
+
+import base64
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from tiny_models import TorchvisionStyle, seeded
+
+from camdeploy.errors import CamdeployError
+from camdeploy.export.exporter import ExportOptions, export_onnx
+from camdeploy.runtime.inputs import list_inputs
+from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from camdeploy.runtime.pipeline import RunInterrupted, RunOptions, record_path, run_files
+
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    path = folder / "tiny.onnx"
+    report = export_onnx(seeded(TorchvisionStyle()), path, ExportOptions(input_size=SIZE, topk=3, source_model="tiny"))
+    return path, report.spec
+
+
+def make_images(folder, count, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        paths.append(folder / f"img{i:02d}.png")
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 255, (30 + i, 40 + 2 * i, 3), dtype=np.uint8))
+    return paths
+
+
+def lines(path):
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def test_skips_corrupt_images_and_writes_results_failures_and_manifest(tiny, tmp_path):
+    path, spec = tiny
+    images = tmp_path / "images"
+    files = make_images(images, 3)
+    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    reports: list[str] = []
+    with OnnxRuntimeRunner(path) as runner:
+        summary = run_files(runner, sorted(images.iterdir()), tmp_path / "out",
+                            RunOptions(batch_size=2, overlays=True, progress=False), reports.append)
+    assert (summary.processed, summary.skipped, summary.total, summary.overlays) == (3, 1, 4, 3)
+    assert not summary.complete and len(reports) == 1 and "broken.png: not a readable image" in reports[0]
+    records = [json.loads(line) for line in lines(summary.results_path)]
+    assert [r["file"] for r in records] == [str(f) for f in files]
+    for record, f in zip(records, files, strict=True):
+        h, w = cv2.imread(str(f)).shape[:2]
+        assert set(record) == {"file", "classes", "labels", "scores", "boxes"}
+        assert record["labels"] == [spec.class_names[c] for c in record["classes"]] and len(record["boxes"]) == 3
+        for x0, y0, x1, y1 in record["boxes"]:
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    failures = [json.loads(line) for line in lines(summary.failures_path)]
+    assert [(f["file"], f["stage"]) for f in failures] == [(str(images / "broken.png"), "read")]
+    assert "not a readable image" in failures[0]["reason"]
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["processed"] == 3
+    assert manifest["settings"]["model_sha256"] and manifest["settings"]["box_threshold"] == spec.box_threshold
+    overlays = sorted(p.name for p in (tmp_path / "out").glob("*_cam.png"))
+    assert overlays == ["img00_cam.png", "img01_cam.png", "img02_cam.png"]
+    assert cv2.imread(str(tmp_path / "out" / "img02_cam.png")).shape == cv2.imread(str(files[2])).shape
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".partial")]
+
+
+def test_existing_results_are_never_silently_overwritten(tiny, tmp_path):
+    path, _ = tiny
+    files = make_images(tmp_path / "images", 3)
+    out = tmp_path / "out"
+    with OnnxRuntimeRunner(path) as runner:
+        run_files(runner, files, out, RunOptions(progress=False))
+        with pytest.raises(CamdeployError, match=r"already holds results.jsonl \(3 results\); add --resume .* or "
+                                                 r"--overwrite"):
+            run_files(runner, files[:1], out, RunOptions(progress=False))
+        assert len(lines(out / "results.jsonl")) == 3
+        run_files(runner, files[:1], out, RunOptions(progress=False, overwrite=True))
+        assert len(lines(out / "results.jsonl")) == 1
+        with pytest.raises(CamdeployError, match="--resume and --overwrite: choose one"):
+            run_files(runner, files, out, RunOptions(resume=True, overwrite=True))
+
+
+def test_resume_completes_a_killed_run_to_the_same_file(tiny, tmp_path):
+    path, _ = tiny
+    files = make_images(tmp_path / "images", 7)
+    with OnnxRuntimeRunner(path) as runner:
+        whole = run_files(runner, files, tmp_path / "whole", RunOptions(batch_size=3, progress=False))
+        expected = lines(whole.results_path)
+        # A run killed in its third line: two whole lines and half of the third.
+        out = tmp_path / "out"
+        run_files(runner, files[:3], out, RunOptions(batch_size=3, progress=False))
+        data = (out / "results.jsonl").read_bytes()
+        third = data.index(b"\n", data.index(b"\n") + 1) + 1
+        (out / "results.jsonl").write_bytes(data[:third + 25])
+        resumed = run_files(runner, files, out, RunOptions(batch_size=3, progress=False, resume=True))
+    assert (resumed.previously, resumed.processed) == (2, 5)
+    assert lines(out / "results.jsonl") == expected  # line for line, input order
+
+
+def test_resume_refuses_other_settings_or_models(tiny, tmp_path):
+    path, _ = tiny
+    files = make_images(tmp_path / "images", 2)
+    out = tmp_path / "out"
+    with OnnxRuntimeRunner(path) as runner:
+        run_files(runner, files, out, RunOptions(progress=False))
+    with OnnxRuntimeRunner(path, box_threshold=0.5) as runner, pytest.raises(
+            CamdeployError, match=r"made with box_threshold 0.2, this run has 0.5; resume with the same model"):
+        run_files(runner, files, out, RunOptions(progress=False, resume=True))
+    other = tmp_path / "other.onnx"
+    export_onnx(seeded(TorchvisionStyle(), seed=1), other, ExportOptions(input_size=SIZE, topk=3, source_model="x"))
+    with OnnxRuntimeRunner(other) as runner, pytest.raises(CamdeployError, match="made with model_sha256"):
+        run_files(runner, files, out, RunOptions(progress=False, resume=True))
+    (out / "run.json").unlink()
+    with OnnxRuntimeRunner(path) as runner, pytest.raises(CamdeployError, match=r"no run\.json to check it against"):
+        run_files(runner, files, out, RunOptions(progress=False, resume=True))
+
+
+class InterruptAfter:
+    """A runner wrapper whose second batch is a Ctrl-C."""
+
+    def __init__(self, runner, batches):
+        self.runner, self.left = runner, batches
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def infer_images(self, *args, **kwargs):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return self.runner.infer_images(*args, **kwargs)
+
+
+def test_an_interrupted_run_keeps_what_it_finished(tiny, tmp_path):
+    path, _ = tiny
+    files = make_images(tmp_path / "images", 6)
+    with OnnxRuntimeRunner(path) as runner:
+        with pytest.raises(RunInterrupted) as stop:
+            run_files(InterruptAfter(runner, 1), files, tmp_path / "out",  # type: ignore[arg-type]
+                      RunOptions(batch_size=2, progress=False), model=path)
+        summary = stop.value.summary
+        assert (summary.processed, summary.remaining, summary.interrupted) == (2, 4, True)
+        assert [json.loads(line)["file"] for line in lines(summary.results_path)] == [str(f) for f in files[:2]]
+        assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "interrupted"
+        done = run_files(runner, files, tmp_path / "out", RunOptions(batch_size=2, progress=False, resume=True))
+    assert (done.previously, done.processed, done.complete) == (2, 4, True)
+
+
+def test_listing_problems_are_failures_and_names_round_trip(tiny, tmp_path):
+    path, _ = tiny
+    images = tmp_path / "images"
+    make_images(images, 2)
+    (images / "gone.jpg").symlink_to(images / "missing.jpg")
+    raw = os.fsencode(str(images)) + b"/caf\xe9.png"
+    with open(raw, "wb") as handle:
+        handle.write(cv2.imencode(".png", np.full((20, 20, 3), 90, np.uint8))[1].tobytes())
+    with OnnxRuntimeRunner(path) as runner:
+        summary = run_files(runner, list_inputs([str(images)]), tmp_path / "out", RunOptions(progress=False),
+                            lambda message: None)
+    assert (summary.processed, summary.skipped) == (3, 1)
+    records = [json.loads(line) for line in lines(summary.results_path)]  # strict UTF-8 JSON
+    odd = [r for r in records if "file_b64" in r]
+    assert len(odd) == 1 and "\ufffd" in odd[0]["file"]
+    assert base64.b64decode(odd[0]["file_b64"]) == raw and record_path(odd[0]) == raw
+    assert os.path.isfile(os.fsdecode(record_path(odd[0])))
+    failure = json.loads(lines(summary.failures_path)[0])
+    assert failure["file"].endswith("gone.jpg") and failure["stage"] == "list"
