@@ -102,7 +102,7 @@ def stderr_lines(done: subprocess.CompletedProcess[str]) -> list[str]:
 def tiny_model(path: Path, *, size: tuple[int, int] = (12, 16), resize: str = "stretch",
                class_names: tuple[str, ...] = ("red", "green", "blue"), graph_boxes: bool = True,
                graph_box: tuple[float, float, float, float] = (1.0, 2.0, 3.0, 4.0),
-               exact: tuple[bool, bool] = (True, False), metadata: bool = True) -> Path:
+               exact: tuple[bool, bool] = (True, False), metadata: bool = True, topk: int = 2) -> Path:
     """A graph with the outputs of `camdeploy export` and T = 2: logits are the mean of each colour
     plane, the two top classes and their softmax scores follow from them, and the maps are the red
     and green planes of the input (so the host rule's boxes follow the picture). ``boxes`` is
@@ -150,7 +150,7 @@ def tiny_model(path: Path, *, size: tuple[int, int] = (12, 16), resize: str = "s
     if metadata:
         spec = ModelSpec(class_names=class_names, input_height=height, input_width=width,
                          normalization=Normalization((1 / 255, 1 / 255, 1 / 255), (0.0, 0.0, 0.0)),
-                         topk=2, box_threshold=0.2, source_model="tests:tiny", resize=resize,
+                         topk=topk, box_threshold=0.2, source_model="tests:tiny", resize=resize,
                          camdeploy_version="test")
         helper.set_model_props(model, spec.to_props())
     onnx.checker.check_model(model)
@@ -376,10 +376,12 @@ def make_foreign_models(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "folder": (tmp_path, "is a folder"),
         "not onnx": (not_onnx, "not a model ONNX Runtime can load"),
         "no metadata": (plain, "metadata key 'camdeploy.class_names' is missing"),
+        "wrong topk": (tiny_model(tmp_path / "topk.onnx", topk=3),
+                       "the graph returns 2 classes per image, its metadata key 'camdeploy.topk' says 3"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "folder", "not onnx", "no metadata"])
+@pytest.mark.parametrize("case", ["missing", "folder", "not onnx", "no metadata", "wrong topk"])
 def test_bad_model_is_one_line_and_exit_1(host, tmp_path, case):
     model, reason = make_foreign_models(tmp_path)[case]
     image = tmp_path / "image.png"

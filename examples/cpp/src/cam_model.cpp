@@ -169,6 +169,10 @@ BatchResult CamModel::infer(float* images, int count) {
                     std::to_string(spec.input_height) + ", " + std::to_string(spec.input_width) + "]");
   }
   result.topk = static_cast<int>(classes_shape[1]);
+  if (result.topk != spec.topk) {
+    throw HostError("MODEL " + s.path + ": the graph returns " + std::to_string(result.topk) +
+                    " classes per image, its metadata key 'camdeploy.topk' says " + std::to_string(spec.topk));
+  }
   const std::size_t maps = static_cast<std::size_t>(count) * static_cast<std::size_t>(result.topk);
   const auto* classes = outputs[0].GetTensorData<std::int64_t>();
   const auto* scores = outputs[1].GetTensorData<float>();
