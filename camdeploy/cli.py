@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_export, _add_run, _add_info, _add_demo, _add_eval, _add_bench, _add_calibrate,
                 _add_convert, _add_check, _add_build):
         add(sub)
+    __import__("camdeploy.hosts.triton_cli", fromlist=["add_parser"]).add_parser(sub)
     return parser
 
 
