@@ -172,8 +172,9 @@ def preferred_batch_sizes(max_batch: int) -> tuple[int, ...]:
 def _validate(options: TritonOptions, model: Path, name: str) -> str:
     """Check the options alone; returns the device."""
     if not _NAME.fullmatch(name):
-        raise CamdeployError(f"--name {name!r}: expected a folder name of letters, digits, '_', '-' and '.', not "
-                             "starting with '.' or '-' (it is the model's name in Triton's URLs)")
+        origin = "" if options.name is not None else f" (from MODEL {model.name}; pass --name)"
+        raise CamdeployError(f"--name {name!r}{origin}: expected a folder name of letters, digits, '_', '-' and '.', "
+                             "not starting with '.' or '-' (it is the model's name in Triton's URLs)")
     if not 1 <= options.max_batch <= MAX_BATCH:
         raise CamdeployError(f"--max-batch {options.max_batch}: expected 1 to {MAX_BATCH}, the batch range the "
                              "exported graph declares")

@@ -113,6 +113,18 @@ def test_metadata_in_parameters_gives_the_preprocessing(models, tmp_path):
     assert config.name == "tiny-cls" and written.model_dir.name == "tiny-cls"
 
 
+def test_a_client_reads_the_preprocessing_from_the_config_json(models, tmp_path):
+    """What GET /v2/models/NAME/config returns: the config as JSON with proto field names, parameters
+    as {"key": {"string_value": ...}}; the README's client rebuilds the ModelSpec from it."""
+    from google.protobuf import json_format
+
+    written = write_repository(models["fp32"], tmp_path / "repo")
+    served = json_format.MessageToDict(parse(written.config_path), preserving_proto_field_name=True)
+    props = {key: value["string_value"] for key, value in served["parameters"].items()}
+    assert ModelSpec.from_props(props) == read_spec(str(models["fp32"]))
+    assert [o["name"] for o in served["output"]] == [o.name for o in written.outputs]
+
+
 @pytest.mark.parametrize("variant", ["host", "int8", "fp16"])
 def test_variants(models, tmp_path, variant):
     written = write_repository(models[variant], tmp_path / "repo", TritonOptions(max_batch=8))
