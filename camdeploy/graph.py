@@ -22,6 +22,8 @@ CAM_OUTPUTS = ("logits", "features", "classes", "scores", "cams")
 """The outputs every exported graph has, in this order."""
 BOX_OUTPUTS = ("boxes", "boxes_exact")
 """The outputs of a graph that computes boxes itself (``camdeploy export --graph-boxes``)."""
+REQUIRED_OUTPUTS = ("logits", "classes", "scores", "cams")
+"""What a runner cannot do without (``features`` is needed only for the CAMs of other classes, by eval)."""
 CLASS_OUTPUTS = ("logits", "classes", "scores")
 """What classification alone needs: the graph cut here has no CAM head."""
 CALIBRATION_FILES = "camdeploy.calibration_files"
@@ -111,7 +113,7 @@ def check_contract(model: onnx.ModelProto, spec: ModelSpec, source: str = "MODEL
         raise CamdeployError(f"{source}: its metadata describes input {INPUT_NAME!r} [N, 3, {spec.input_height}, "
                              f"{spec.input_width}] but the graph has {found if found else 'no such input'}; "
                              "re-export it with `camdeploy export`")
-    missing = [name for name in CAM_OUTPUTS if name not in outputs]
+    missing = [name for name in REQUIRED_OUTPUTS if name not in outputs]
     if missing:
         raise CamdeployError(f"{source}: it has camdeploy metadata but lacks the output(s) {', '.join(missing)} "
                              f"(it has {', '.join(outputs) or 'none'}); re-export it with `camdeploy export`")

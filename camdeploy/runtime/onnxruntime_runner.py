@@ -98,6 +98,7 @@ class OnnxRuntimeRunner(Runner):
         self.trt_batch = trt_batch
         self.int8 = int8
         self._has_graph_boxes = False
+        self._output_names: set[str] = set()
         self._config: dict[str, str] = {}
         self._sessions: dict[str, Any] = {}
         self._weight: np.ndarray | None = None
@@ -115,13 +116,13 @@ class OnnxRuntimeRunner(Runner):
         if plan:
             self.execution = plan.label
         self._has_graph_boxes = graph.has_box_outputs(proto)
+        self._output_names = {o.name for o in proto.graph.output}
         self.box_source = resolve_box_source(
             self.box_source_choice, has_graph_boxes=self._has_graph_boxes,
             prefer_graph=GRAPH_BOXES_FASTER[self.provider], own_threshold=self.box_threshold == self.spec.box_threshold,
             model=self.model_path)
         main = graph.without_boxes(proto) if self._has_graph_boxes and self.box_source == "host" else proto
         self._sessions = {"main": self._session(main)}
-        self._weight = graph.class_weight(proto, len(self.spec.class_names), f"MODEL {self.model_path}")
         self.is_open = True
 
     def _session(self, model: onnx.ModelProto) -> Any:
@@ -199,7 +200,8 @@ class OnnxRuntimeRunner(Runner):
         session = self._sessions.get("main")
         if outputs == "classes" and session is not None:  # the classifier alone, without the CAM head
             if "classes" not in self._sessions:
-                cut = graph.cut(graph.load(self.model_path), (*graph.CLASS_OUTPUTS, "features"))
+                kept = [*graph.CLASS_OUTPUTS, *(["features"] if "features" in self._output_names else [])]
+                cut = graph.cut(graph.load(self.model_path), tuple(kept))
                 self._sessions["classes"] = self._session(cut)
             session = self._sessions["classes"]
         elif self.box_source == "graph":
@@ -207,13 +209,17 @@ class OnnxRuntimeRunner(Runner):
         else:
             names.append("cams")
         if features:
+            if "features" not in self._output_names:
+                raise CamdeployError(f"MODEL {self.model_path}: has no features output, which evaluation needs "
+                                     "(the CAMs of classes outside the top T); re-export it with `camdeploy export`")
             names.append("features")
         if session is None:
             raise CamdeployError("ort runner: call open() or use `with runner:` first")
         return dict(zip(names, session.run(names, {graph.INPUT_NAME: images}), strict=True))
 
     def class_weight(self) -> np.ndarray:
-        """``W [K, C]``: the initializer the CAM head gathers class rows from."""
+        """``W [K, C]``: the initializer the CAM head gathers class rows from (read when first asked)."""
         if self._weight is None:
-            raise CamdeployError("ort runner: call open() or use `with runner:` first")
+            self._weight = graph.class_weight(graph.load(self.model_path), len(self.spec.class_names),
+                                              f"MODEL {self.model_path}")
         return self._weight

@@ -170,7 +170,7 @@ class _Appender:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, records: list[dict]) -> None:
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        data = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]

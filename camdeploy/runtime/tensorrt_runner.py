@@ -74,7 +74,6 @@ class TensorRTRunner(Runner):
                                              prefer_graph=True,
                                              own_threshold=self.box_threshold == self.spec.box_threshold,
                                              model=self.model_path)
-        self._weight = graph.class_weight(proto, len(self.spec.class_names), f"MODEL {self.model_path}")
         plan_path = self.plan or build_engine(self.model_path, self.options, device=self.device).path
         trt = self.options.tensorrt()
         runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
@@ -177,6 +176,8 @@ class TensorRTRunner(Runner):
         return samples
 
     def class_weight(self) -> np.ndarray:
+        """``W [K, C]`` from the ONNX file (read when first asked)."""
         if self._weight is None:
-            raise CamdeployError("tensorrt runner: call open() or use `with runner:` first")
+            self._weight = graph.class_weight(graph.load(self.model_path), len(self.spec.class_names),
+                                              f"MODEL {self.model_path}")
         return self._weight

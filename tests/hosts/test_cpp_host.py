@@ -259,7 +259,7 @@ def test_host_writes_the_same_lines_as_camdeploy_run(host, tmp_path, resize):
     files = [str(f) for f in special_images(tmp_path / "images") if f.suffix != ".jpg"]
     done = run_host(host, model, *files, "--batch-size", 4)
     assert done.returncode == 0 and done.stderr == "", done.stderr
-    expected = run_python(model, files, tmp_path / "out", "--box-path", "graph", "--batch-size", "4")
+    expected = run_python(model, files, tmp_path / "out", "--box-source", "graph", "--batch-size", "4")
     assert done.stdout.splitlines() == expected
 
 
@@ -291,7 +291,7 @@ def test_host_rule_breaks_ties_by_raster_order(host, tmp_path):
     done = run_host(host, model, path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["boxes"][1] == [5.0, 0.0, 6.0, 1.0]
-    assert done.stdout.splitlines() == run_python(model, [str(path)], tmp_path / "out", "--box-path", "graph")
+    assert done.stdout.splitlines() == run_python(model, [str(path)], tmp_path / "out", "--box-source", "graph")
 
 
 def test_file_without_graph_boxes_is_boxed_by_the_host_rule(host, tmp_path):
@@ -299,7 +299,7 @@ def test_file_without_graph_boxes_is_boxed_by_the_host_rule(host, tmp_path):
     files = [str(f) for f in special_images(tmp_path / "images") if f.suffix != ".jpg"]
     done = run_host(host, model, *files)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == run_python(model, files, tmp_path / "out", "--box-path", "host")
+    assert done.stdout.splitlines() == run_python(model, files, tmp_path / "out", "--box-source", "host")
 
 
 def test_strings_are_escaped_as_json_dumps_does(host, tmp_path):
@@ -313,7 +313,7 @@ def test_strings_are_escaped_as_json_dumps_does(host, tmp_path):
     done = run_host(host, model, folder)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines == run_python(model, [str(folder)], tmp_path / "out", "--box-path", "graph")
+    assert lines == run_python(model, [str(folder)], tmp_path / "out", "--box-source", "graph")
     assert all(line.isascii() for line in lines)
     assert {tuple(json.loads(line)["labels"]) for line in lines} <= {(a, b) for a in names for b in names}
 
@@ -331,7 +331,8 @@ def test_folders_are_searched_recursively_sorted_as_camdeploy_run_lists_them(hos
     for argument in ("photos", "photos/", "./photos//"):
         done = run_host(host, model, argument, "photos/b/z.png", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        expected = run_python(model, [argument, "photos/b/z.png"], tmp_path / "out", "--box-path", "graph",
+        expected = run_python(model, [argument, "photos/b/z.png"], tmp_path / "out", "--box-source", "graph",
+                              "--overwrite",
                               cwd=tmp_path)
         assert [json.loads(line)["file"] for line in done.stdout.splitlines()] == \
             [json.loads(line)["file"] for line in expected]
