@@ -138,6 +138,12 @@ class TensorRTRunner(Runner):
         cuda.check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return {name: host[name] for name in wanted}
 
+    def run_outputs(self, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+        """The named engine outputs for a preprocessed batch, with no post-processing."""
+        if not self.is_open:
+            raise CamdeployError("tensorrt runner: call open() or use `with runner:` first")
+        return self._enqueue(np.ascontiguousarray(images, dtype=np.float32), names)
+
     def box_sources(self) -> tuple[str, ...]:
         has_boxes = self._has_graph_boxes if self.is_open else graph.has_box_outputs(
             graph.load(self.model_path, weights=False))
