@@ -15,8 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from camdeploy.errors import CamdeployError
 from camdeploy.runtime.batches import BatchOptions, image_batches
 from camdeploy.runtime.boxes import cam_boxes

@@ -15,6 +15,9 @@ so does a map with NaN, which an exported graph never produces.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 
@@ -72,10 +75,21 @@ def cam_box(cam: np.ndarray, threshold: float = 0.2) -> np.ndarray:
     return cam_boxes(cam[None, None], threshold)[0, 0]
 
 
-def cam_boxes(cams: np.ndarray, threshold: float = 0.2) -> np.ndarray:
+MAPS_PER_WORKER = 8
+"""Fewest maps per thread of :func:`cam_boxes`."""
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool for the labelling (OpenCV releases the GIL), made once per size."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="camdeploy-boxes")
+
+
+def cam_boxes(cams: np.ndarray, threshold: float = 0.2, workers: int = 1) -> np.ndarray:
     """:func:`cam_box` over ``cams [N, T, H, W]``; returns ``float32 [N, T, 4]``.
 
-    The peaks and masks of all maps are computed in one pass each; the labelling is per map.
+    The peaks and masks of all maps are computed in one pass each; the labelling is per map, in
+    ``workers`` threads when there are several maps.
     """
     if cams.ndim != 4:
         raise CamdeployError(f"cams: expected [N, T, H, W], got shape {cams.shape}")
@@ -85,7 +99,23 @@ def cam_boxes(cams: np.ndarray, threshold: float = 0.2) -> np.ndarray:
     peaks = maps.reshape(n * t, height * width).max(axis=1, initial=-np.inf)  # [M]
     masks = threshold_mask(maps, threshold, peaks)  # [M, H, W]
     boxes = np.empty((n * t, 4), dtype=np.float32)
-    for m in range(n * t):
-        # A map with NaN or infinity (never produced by an exported graph) gives the whole frame.
-        boxes[m] = _mask_box(masks[m]) if np.isfinite(peaks[m]) else (0, 0, width, height)
+
+    def label(start: int, stop: int) -> None:
+        for m in range(start, stop):
+            # A map with NaN or infinity (never produced by an exported graph) gives the whole frame.
+            boxes[m] = _mask_box(masks[m]) if np.isfinite(peaks[m]) else (0, 0, width, height)
+
+    # Below a few maps per thread, starting threads costs more than it saves (measured: 5 maps).
+    chunks = min(max(workers, 1), (n * t) // MAPS_PER_WORKER)
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # OpenCV's own parallel labelling spends more CPU for less: split by maps instead
+    try:
+        if chunks <= 1:
+            label(0, n * t)
+        else:
+            edges = np.linspace(0, n * t, chunks + 1).astype(int)
+            for done in [_pool(chunks).submit(label, a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]:
+                done.result()
+    finally:
+        cv2.setNumThreads(previous)
     return boxes.reshape(n, t, 4)

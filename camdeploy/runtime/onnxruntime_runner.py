@@ -94,6 +94,7 @@ class OnnxRuntimeRunner(Runner):
             raise CamdeployError(f"--int8 {int8!r}: expected one of {', '.join(INT8_MODES)}")
         self.provider = provider
         self.threads = threads
+        self.box_workers = threads or usable_cpus()
         self.box_source_choice = box_source
         self.trt_batch = trt_batch
         self.int8 = int8

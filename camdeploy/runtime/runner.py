@@ -69,6 +69,8 @@ class Runner(ABC):
     """Where boxes come from once open: ``graph`` (the model's boxes output) or ``host``."""
     model_path: Path | None = None
     """The exported file this runner runs, if any (the PyTorch reference runs a module)."""
+    box_workers = 1
+    """Threads that box a batch's maps on the host (see :func:`~camdeploy.runtime.boxes.cam_boxes`)."""
 
     def __init__(self, spec: ModelSpec, box_threshold: float | None = None):
         self.spec = spec
@@ -130,7 +132,7 @@ class Runner(ABC):
 
     def _boxes(self, images: np.ndarray, out: dict[str, np.ndarray]) -> np.ndarray:
         if "boxes" not in out:
-            return cam_boxes(out["cams"], self.box_threshold)
+            return cam_boxes(out["cams"], self.box_threshold, self.box_workers)
         boxes = np.array(out["boxes"], dtype=np.float32)
         flagged = np.argwhere(~out["boxes_exact"].astype(bool))
         if len(flagged):  # rounding broke a run in the graph: box those maps on the host

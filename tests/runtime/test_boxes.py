@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
+import cv2
 import numpy as np
 import pytest
 
@@ -252,3 +253,16 @@ def test_cam_boxes_rejects_threshold_outside_unit_interval(threshold):
 def test_cam_boxes_accepts_threshold_endpoints(threshold):
     boxes = cam_boxes(np.ones((1, 1, 4, 4), dtype=np.float32), threshold)
     np.testing.assert_array_equal(boxes[0, 0], [0, 0, 4, 4])
+
+
+def test_threads_give_the_same_boxes():
+    """Labelling split over threads (a batch's maps) gives the boxes of one thread, map for map."""
+    rng = np.random.default_rng(11)
+    small = rng.normal(size=(6, 5, 7, 7)).astype(np.float32)
+    cams = np.stack([[cv2.resize(m, (56, 56), interpolation=cv2.INTER_LINEAR) for m in row] for row in small])
+    one = cam_boxes(cams, 0.2, workers=1)
+    np.testing.assert_array_equal(cam_boxes(cams, 0.2, workers=3), one)
+    np.testing.assert_array_equal(np.stack([[cam_box(m, 0.2) for m in row] for row in cams]), one)
+    before = cv2.getNumThreads()  # OpenCV's own thread setting is restored
+    cam_boxes(cams, 0.2, workers=2)
+    assert cv2.getNumThreads() == before
