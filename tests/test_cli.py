@@ -235,3 +235,58 @@ def test_a_broken_model_is_one_line_and_leaves_no_output(user_model_dir, tmp_pat
         assert not Path("out-bad").exists()
     assert main(["info", "empty.onnx"]) == 1
     assert "empty.onnx: not an ONNX model (the file is empty" in capsys.readouterr().err
+
+
+def test_a_folder_of_good_and_bad_files(user_model_dir, capsys):
+    """20 good images and 12 entries that cannot be results: exit 3, one failure record for each
+    bad one with its reason, one result for each good one."""
+    import os
+
+    assert main(["export", "--model", "mymodels:build", "--output", "u.onnx", "--input-size", "32"]) == 0
+    folder = Path("mixed")
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    good = []
+    for i in range(20):
+        suffix = (".png", ".jpg", ".bmp", ".tiff")[i % 4]
+        good.append(folder / f"good{i:02d}{suffix}")
+        cv2.imwrite(str(good[-1]), rng.integers(0, 255, (20 + i, 30, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "good_gray.png"), rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    good.append(folder / "good_gray.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "truncated.png").write_bytes(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1].tobytes()[:60])
+    (folder / "text.jpg").write_text("not an image at all")
+    (folder / "pdf.png").write_bytes(b"%PDF-1.4 a document named like an image")
+    (folder / "garbage.bmp").write_bytes(rng.integers(0, 255, 300, dtype=np.uint8).tobytes())
+    (folder / "broken.png").symlink_to(folder.resolve() / "nowhere.png")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "loop").symlink_to(folder.resolve())
+    (folder / "huge.png").write_bytes(cv2.imencode(".png", np.zeros((200, 300, 3), np.uint8))[1].tobytes())
+    (folder / "tiff.tif").write_bytes(b"II*\x00 not a tiff body")
+    (folder / "webp.webp").write_bytes(b"RIFF\x10\x00\x00\x00WEBPVP8 broken")
+    (folder / "jpeg.jpeg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    (folder / "notes.txt").write_text("not listed: not named like an image")
+    (folder / "album.jpg").mkdir()  # a folder named like an image: walked, with a warning
+    capsys.readouterr()
+    code = main(["run", "u.onnx", "mixed", "--out", "out", "--no-progress", "--max-pixels", "50000"])
+    captured = capsys.readouterr()
+    assert code == 3
+    results = [json.loads(line) for line in Path("out/results.jsonl").read_text().splitlines()]
+    failures = [json.loads(line) for line in Path("out/failures.jsonl").read_text().splitlines()]
+    assert sorted(r["file"] for r in results) == sorted(str(p) for p in good)
+    reasons = {Path(f["file"]).name: (f["stage"], f["reason"]) for f in failures}
+    assert set(reasons) == {"empty.jpg", "truncated.png", "text.jpg", "pdf.png", "garbage.bmp", "broken.png",
+                            "pipe.jpg", "loop", "huge.png", "tiff.tif", "webp.webp", "jpeg.jpeg"}
+    assert reasons["loop"][0] == "list" and "symbolic link loop" in reasons["loop"][1]
+    assert reasons["broken.png"][0] == "list" and reasons["pipe.jpg"][0] == "list"
+    assert "300x200 pixels is more than the limit of 50000 (--max-pixels)" in reasons["huge.png"][1]
+    assert all(stage == "read" for name, (stage, _) in reasons.items() if name not in ("loop", "broken.png",
+                                                                                          "pipe.jpg"))
+    assert "21 images in" in captured.out and "12 inputs left out" in captured.out
+    assert "album.jpg is a folder, not an image file" in captured.err
+    assert len([line for line in captured.err.splitlines() if line.startswith("camdeploy: warning: skipped")]) == 12
+    manifest = json.loads(Path("out/run.json").read_text())
+    # 30 image files listed (21 good, 9 unreadable) and 3 entries left out by the listing itself
+    assert manifest["counts"] == {"listed": 30, "processed": 21, "previously": 0, "skipped": 12, "remaining": 0}
+    assert main(["run", "u.onnx", "mixed", "--out", "out2", "--no-progress", "--max-pixels", "50000",
+                 "--allow-partial"]) == 0

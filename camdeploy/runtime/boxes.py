@@ -16,6 +16,7 @@ so does a map with NaN, which an exported graph never produces.
 from __future__ import annotations
 
 import functools
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -114,7 +115,7 @@ def cam_boxes(cams: np.ndarray, threshold: float = 0.2, workers: int = 1) -> np.
             label(0, n * t)
         else:
             edges = np.linspace(0, n * t, chunks + 1).astype(int)
-            for done in [_pool(chunks).submit(label, a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]:
+            for done in [_pool(chunks).submit(label, a, b) for a, b in itertools.pairwise(edges)]:
                 done.result()
     finally:
         cv2.setNumThreads(previous)

@@ -10,7 +10,7 @@ Huge images: the header gives the size before anything is decoded, and an image 
 input (:data:`REDUCE_MARGIN` times, in the part that is resized) is decoded at 1/2, 1/4 or 1/8 of
 its size by libjpeg's scaled decoding (``IMREAD_REDUCED_COLOR_*``), which needs a fraction of the
 memory and time; the prepared tensor then differs from a full decode by a few levels of 255 at
-most (measured in benchmarks/results/HUGE_IMAGES.md), and boxes still map to original pixels.
+most (measured in benchmarks/results/RUN_MEMORY.md), and boxes still map to original pixels.
 """
 
 from __future__ import annotations
@@ -32,6 +32,16 @@ times the model input in both directions."""
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 _ALPHA_SIGNATURES = (b"\x89PNG", b"RIFF", b"II*\x00", b"MM\x00*")  # PNG, WebP, TIFF
+
+
+def _may_have_alpha(data: bytes) -> bool:
+    """Whether an image could hold transparency, so that it is worth decoding again with alpha:
+    PNG with an alpha channel or a tRNS chunk (before its pixel data), WebP and TIFF."""
+    if data[:4] != b"\x89PNG":
+        return data[:4] in _ALPHA_SIGNATURES
+    colour_type = data[25] if len(data) > 25 else 6
+    pixels = data.find(b"IDAT")
+    return colour_type in (4, 6) or b"tRNS" in data[:pixels if pixels > 0 else len(data)]
 
 
 def _to_uint8(image: np.ndarray, source: str) -> np.ndarray:
@@ -108,16 +118,22 @@ def _imdecode(buffer: np.ndarray, flags: int) -> np.ndarray | None:
         logging.setLogLevel(level)
 
 
+def _plan(head: bytes, source: str, options: DecodeOptions) -> tuple[tuple[int, int] | None, int]:
+    """The stored size (from the header, if readable) and the JPEG reduction factor; refuses an
+    image above the pixel limit before anything is decoded."""
+    stored = image_size(head)
+    if stored is None:
+        return None, 1
+    factor = _reduction(stored, options) if head[:3] == b"\xff\xd8\xff" else 1
+    if (stored[0] // factor) * (stored[1] // factor) > options.max_pixels:
+        raise CamdeployError(f"{source}: {stored[0]}x{stored[1]} pixels is more than the limit of "
+                             f"{options.max_pixels} (--max-pixels); raise the limit or downscale the image")
+    return stored, factor
+
+
 def decode(data: bytes, source: str = "image", options: DecodeOptions = DecodeOptions()) -> LoadedImage:
     """Decode encoded image bytes within ``options``' limits (see the module's docstring)."""
-    stored = image_size(data)
-    factor = 1
-    if stored is not None:
-        factor = _reduction(stored, options) if data[:3] == b"\xff\xd8\xff" else 1
-        pixels = (stored[0] // factor) * (stored[1] // factor)
-        if pixels > options.max_pixels:
-            raise CamdeployError(f"{source}: {stored[0]}x{stored[1]} pixels is more than the limit of "
-                                 f"{options.max_pixels} (--max-pixels); raise the limit or downscale the image")
+    stored, factor = _plan(data, source, options)
     if stored is None or factor == 1:
         image = decode_image(data, source, options.max_pixels)
         return LoadedImage(image, image.shape[1], image.shape[0])
@@ -142,7 +158,7 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_M
         raise CamdeployError(f"{source}: {image.shape[1]}x{image.shape[0]} pixels is more than the limit of "
                              f"{max_pixels} (--max-pixels); raise the limit or downscale the image")
     image = _to_uint8(image, source)
-    if data[:4] in _ALPHA_SIGNATURES:
+    if _may_have_alpha(data):
         full = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)  # keeps alpha, ignores EXIF orientation
         if full is not None and full.ndim == 3 and full.shape[2] == 4:
             alpha = _oriented_like(full, image, source)
@@ -164,9 +180,22 @@ def load_image(path: str | Path) -> np.ndarray:
     return decode_image(_read_bytes(Path(path)), str(path))
 
 
+HEADER_BYTES = 1 << 18
+"""Bytes read first, for the header: enough for a JPEG's start-of-frame after its EXIF data."""
+
+
 def read_image(path: str | Path, options: DecodeOptions = DecodeOptions()) -> LoadedImage:
-    """Read an image file within ``options``' limits, reduced where they allow it."""
-    return decode(_read_bytes(Path(path)), str(path), options)
+    """Read an image file within ``options``' limits, reduced where they allow it. The header is
+    read first: a file above the pixel limit is refused without being read whole."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(HEADER_BYTES)
+            _plan(head, str(path), options)
+            data = head + handle.read()
+    except OSError as exc:
+        raise CamdeployError(f"{path}: cannot read the file ({exc.strerror})") from exc
+    return decode(data, str(path), options)
 
 
 @dataclass(frozen=True)

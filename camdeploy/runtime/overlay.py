@@ -23,7 +23,16 @@ def cam_to_image(cam: np.ndarray, frame: Frame) -> np.ndarray:
 
 def draw_overlay(image: np.ndarray, cam: np.ndarray, box: np.ndarray, label: str, frame: Frame,
                  alpha: float = 0.45) -> np.ndarray:
-    """RGB ``uint8`` picture: ``image`` blended with the JET heatmap of ``cam``, box and label."""
+    """RGB ``uint8`` picture: ``image`` blended with the JET heatmap of ``cam``, box and label.
+
+    ``frame`` and ``box`` are in the original image's pixels; an ``image`` decoded reduced (a huge
+    JPEG) is drawn on at its own size, the frame and the box scaled to it.
+    """
+    height, width = image.shape[:2]
+    if (width, height) != (frame.width, frame.height):
+        sx, sy = width / frame.width, height / frame.height
+        frame = Frame(width, height, frame.scale_x * sx, frame.scale_y * sy, frame.offset_x * sx, frame.offset_y * sy)
+        box = np.asarray(box, dtype=np.float64) * np.array([sx, sy, sx, sy])
     heat = cam_to_image(cam, frame)
     colored = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
     picture = cv2.addWeighted(image, 1.0 - alpha, colored, alpha, 0.0)

@@ -172,3 +172,32 @@ def test_listing_problems_are_failures_and_names_round_trip(tiny, tmp_path):
     assert os.path.isfile(os.fsdecode(record_path(odd[0])))
     failure = json.loads(lines(summary.failures_path)[0])
     assert failure["file"].endswith("gone.jpg") and failure["stage"] == "list"
+
+
+def test_a_large_jpeg_is_decoded_reduced_and_its_boxes_stay_in_original_pixels(tiny, tmp_path):
+    """A 2000x1500 JPEG for a 32x32 model decodes at 1/8 (250x188): the record's boxes are in the
+    2000x1500 frame, close to those of a full decode, and the overlay is drawn at the decoded size."""
+    from camdeploy.runtime.images import DecodeOptions, decode, prepare_loaded, read_image
+
+    path, _ = tiny
+    y, x = np.mgrid[0:1500, 0:2000]
+    picture = np.stack([(x / 8) % 255, (y / 6) % 255, ((x + y) / 14) % 255], axis=-1).astype(np.uint8)
+    jpeg = tmp_path / "big.jpg"
+    cv2.imwrite(str(jpeg), picture)
+    reduced = read_image(jpeg, DecodeOptions(target=(32, 32)))
+    assert reduced.pixels.shape == (188, 250, 3) and (reduced.width, reduced.height) == (2000, 1500)
+    whole = decode(jpeg.read_bytes(), "big")  # no target: whole
+    assert whole.pixels.shape == (1500, 2000, 3)
+    _, spec = tiny
+    small, small_frame = prepare_loaded(reduced, spec)
+    full, full_frame = prepare_loaded(whole, spec)
+    levels = np.abs(small - full).max() / spec.normalization.scale[0]  # in 0..255 pixel levels
+    assert levels <= 6, levels  # RUN_MEMORY.md measures 2 levels on a photo
+    assert small_frame.to_original(np.array([0, 0, 32, 32])).tolist() == pytest.approx(
+        full_frame.to_original(np.array([0, 0, 32, 32])).tolist(), abs=8)
+    with OnnxRuntimeRunner(path) as runner:
+        summary = run_files(runner, [jpeg], tmp_path / "out", RunOptions(progress=False, overlays=True))
+    record = json.loads(lines(summary.results_path)[0])
+    for x0, y0, x1, y1 in record["boxes"]:
+        assert 0 <= x0 < x1 <= 2000 and 0 <= y0 < y1 <= 1500
+    assert cv2.imread(str(tmp_path / "out" / "big_cam.png")).shape == (188, 250, 3)
