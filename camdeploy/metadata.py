@@ -20,7 +20,14 @@ key                            value
 ``camdeploy.topk``             T, the number of classes whose CAMs the graph returns
 ``camdeploy.box_threshold``    tau: a box covers the largest 8-connected region with cam >= tau * max
 ``camdeploy.pooling``          ``avg`` (GAP) or ``max`` (GMP) global pooling of the source model
+``camdeploy.precision``        ``int8`` or ``fp16`` in variants written by ``calibrate`` / ``convert``
+``camdeploy.int8_target``      INT8 only: ``tensorrt`` (run as simulated int8 on a CPU) or ``cpu``
+``camdeploy.int8_weight_bits`` INT8 only: ``8``, or ``7`` (exact with U8S8 kernels without VNNI)
 =============================  =================================================================
+
+How a host runs an INT8 file on ONNX Runtime's CPU provider (:mod:`camdeploy.runtime.int8`):
+``tensorrt`` target: session option ``session.disable_quant_qdq = 1``; ``cpu`` target with 8-bit
+weights on an x86-64 CPU without AVX512-VNNI: ``session.x64quantprecision = 1``.
 """
 
 from __future__ import annotations

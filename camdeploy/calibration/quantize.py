@@ -38,7 +38,7 @@ from camdeploy.atomic import save_onnx
 from camdeploy.calibration.data import CalibrationData
 from camdeploy.errors import CamdeployError
 from camdeploy.graph import CALIBRATION_FILES
-from camdeploy.runtime.int8 import TARGET_KEY
+from camdeploy.runtime.int8 import TARGET_KEY, WEIGHT_BITS_KEY
 from camdeploy.runtime.onnxruntime_runner import import_onnxruntime
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -244,7 +244,7 @@ def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationD
         quantized = _topological(quantized)  # the quantizer's order ignores Loop bodies
         weights = "7-bit" if config.reduce_range else "8-bit"
         props = {**{p.key: p.value for p in model.metadata_props}, "camdeploy.precision": "int8",
-                 TARGET_KEY: config.target,
+                 TARGET_KEY: config.target, WEIGHT_BITS_KEY: "7" if config.reduce_range else "8",
                  "camdeploy.calibration": f"{config.method}, {len(data)} images, target {config.target}, "
                                           f"{weights} weights",
                  CALIBRATION_FILES: json.dumps([str(p.resolve()) for p in data.paths])}

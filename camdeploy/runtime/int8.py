@@ -33,6 +33,10 @@ from camdeploy.runtime.cpu import CpuFeatures, cpu_features
 INT8_MODES = ("auto", "simulate", "kernels")
 TARGET_KEY = "camdeploy.int8_target"
 """Metadata key written by ``camdeploy calibrate``: ``tensorrt`` or ``cpu``."""
+WEIGHT_BITS_KEY = "camdeploy.int8_weight_bits"
+"""Metadata key written by ``camdeploy calibrate``: ``8``, or ``7`` with ``--reduce-range``. Hosts
+that cannot read the weights (the C++ host) decide the U8U8 kernels from it; this module reads the
+weights themselves."""
 SEVEN_BIT = 64
 """Largest ``|q|`` of an int8 weight for which U8S8 pair sums cannot saturate: 2 * 255 * 64 < 2**15."""
 SIMULATE = {"session.disable_quant_qdq": "1"}

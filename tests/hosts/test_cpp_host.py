@@ -263,6 +263,31 @@ def test_host_writes_the_same_lines_as_camdeploy_run(host, tmp_path, resize):
     assert done.stdout.splitlines() == expected
 
 
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_int8_files_run_as_camdeploy_runs_them(host, tmp_path, target):
+    """An INT8 file: the host reads its target and weight bits from the metadata and sets the same
+    session options as `camdeploy run` (simulated int8 for TensorRT; exact kernels for the CPU),
+    so that its lines are the same."""
+    from tiny_models import TorchvisionStyle, seeded
+
+    from camdeploy.calibration.data import CalibrationData
+    from camdeploy.calibration.quantize import Int8Config, quantize_int8
+    from camdeploy.export.exporter import ExportOptions, export_onnx
+
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    report = export_onnx(seeded(TorchvisionStyle()), fp32, ExportOptions(input_size=(32, 32), topk=3, source_model="t"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    files = []
+    for i in range(12):
+        files.append(folder / f"p{i:02d}.png")
+        assert cv2.imwrite(str(files[-1]), smooth_picture(40 + i, 50, seed=i)[..., ::-1])
+    quantize_int8(fp32, int8, CalibrationData(files[:8], report.spec, progress=False), Int8Config(target=target))
+    done = run_host(host, int8, folder)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == run_python(int8, [str(folder)], tmp_path / "out")
+
+
 def test_graph_box_is_taken_where_exact_and_the_host_rule_elsewhere(host, tmp_path):
     # Map 0 (the red plane, all zero here) is flagged exact: its graph box must come through, scaled
     # to the original image, where the host rule would give the whole frame. Map 1 (the green

@@ -43,6 +43,37 @@ std::vector<std::int64_t> shape_of(const Ort::Value& value) {
   return value.GetTensorTypeAndShapeInfo().GetShape();
 }
 
+std::map<std::string, std::string> metadata_of(const Ort::Session& session) {
+  std::map<std::string, std::string> props;
+  Ort::AllocatorWithDefaultOptions allocator;
+  const Ort::ModelMetadata metadata = session.GetModelMetadata();
+  for (const auto& key : metadata.GetCustomMetadataMapKeysAllocated(allocator)) {
+    props[key.get()] = metadata.LookupCustomMetadataMapAllocated(key.get(), allocator).get();
+  }
+  return props;
+}
+
+std::string lookup(const std::map<std::string, std::string>& props, const std::string& key) {
+  const auto found = props.find(key);
+  return found == props.end() ? std::string() : found->second;
+}
+
+// How an INT8 (Q/DQ) file runs, as `camdeploy run` runs it (camdeploy/runtime/int8.py): a graph
+// calibrated for TensorRT as simulated int8 (float math on dequantized values, what TensorRT
+// computes); one calibrated for the CPU with 8-bit weights through ONNX Runtime's exact U8U8
+// kernels on an x86-64 CPU without AVX512-VNNI, whose U8S8 kernels saturate.
+std::vector<std::pair<const char*, const char*>> int8_session_config(const std::map<std::string, std::string>& props) {
+  if (lookup(props, "camdeploy.precision") != "int8") return {};
+  if (lookup(props, "camdeploy.int8_target") != "cpu") return {{"session.disable_quant_qdq", "1"}};
+  bool vnni = true;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  vnni = __builtin_cpu_supports("avx512vnni");
+#endif
+  if (!vnni && lookup(props, "camdeploy.int8_weight_bits") != "7") return {{"session.x64quantprecision", "1"}};
+  return {};
+}
+
 }  // namespace
 
 struct CamModel::Session {
@@ -103,23 +134,24 @@ CamModel::CamModel(const std::string& path, int threads) {
   if (std::filesystem::is_directory(path, error)) {
     throw HostError("MODEL " + path + ": is a folder; expected an .onnx file written by `camdeploy export`");
   }
+  std::map<std::string, std::string> props;
   try {
     s.env = Ort::Env(ORT_LOGGING_LEVEL_FATAL, "camdeploy-host");  // failures come back as exceptions
-    Ort::SessionOptions options;
-    options.SetIntraOpNumThreads(threads);
-    options.SetInterOpNumThreads(1);
-    options.SetExecutionMode(ORT_SEQUENTIAL);
-    options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
-    s.session = Ort::Session(s.env, path.c_str(), options);
+    auto open = [&](const std::vector<std::pair<const char*, const char*>>& config) {
+      Ort::SessionOptions options;
+      options.SetIntraOpNumThreads(threads);
+      options.SetInterOpNumThreads(1);
+      options.SetExecutionMode(ORT_SEQUENTIAL);
+      options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+      for (const auto& [key, value] : config) options.AddConfigEntry(key, value);
+      s.session = Ort::Session(s.env, path.c_str(), options);
+    };
+    open({});
+    props = metadata_of(s.session);
+    const auto config = int8_session_config(props);
+    if (!config.empty()) open(config);  // an INT8 file: open it again, run the way camdeploy runs it
   } catch (const Ort::Exception& exc) {
     throw HostError("MODEL " + path + ": not a model ONNX Runtime can load (" + one_line(exc.what()) + ")");
-  }
-
-  std::map<std::string, std::string> props;
-  Ort::AllocatorWithDefaultOptions allocator;
-  const Ort::ModelMetadata metadata = s.session.GetModelMetadata();
-  for (const auto& key : metadata.GetCustomMetadataMapKeysAllocated(allocator)) {
-    props[key.get()] = metadata.LookupCustomMetadataMapAllocated(key.get(), allocator).get();
   }
   s.spec = ModelSpec::from_props(props, path);
 
