@@ -140,6 +140,9 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = self.threads or usable_cpus()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle threads stop spinning when a run ends: between runs they would take the CPU from the
+        # image loader (which prepares the next batch meanwhile) and from other sessions.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         for key, value in self._config.items():
             options.add_session_config_entry(key, value)
         # TensorRT hands the nodes it cannot take to CUDA, then CPU, as ONNX Runtime recommends.
