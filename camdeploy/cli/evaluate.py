@@ -13,10 +13,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="localization and classification metrics on an annotated dataset",
         description="Evaluate a model on images with ground-truth classes and boxes: top-1/top-5 "
-        "classification and localization error (ILSVRC rule, IoU >= 0.5), GT-known localization and "
-        "MaxBoxAccV2 (wsolevaluation). With --compare, run several backends on the same images and "
-        "report how much they agree, and the metric deltas against the first (the PyTorch reference "
-        "when it is among them).")
+        "classification and localization error (ILSVRC rule, IoU >= 0.5) and the box metrics of --protocol: "
+        "camdeploy's GT-known localization at tau and MaxBoxAccV2 (the default), or wsolevaluation's "
+        "MaxBoxAcc (v1) and MaxBoxAccV2, computed as clovaai/wsolevaluation computes them. With --compare, run "
+        "several backends on the same images and report how much they agree, and the metric deltas against the "
+        "first (the PyTorch reference when it is among them).")
     p.add_argument("--data", required=True, help="annotations: a folder holding annotations.json, a .json, "
                    "a .csv (file,class_index,x0,y0,x1,y1 or LOC_val_solution.csv), a folder of VOC .xml files, "
                    "or a folder with wsolevaluation's image_ids.txt/class_labels.txt/localization.txt")
@@ -30,6 +31,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loc-rule", choices=("paper", "ilsvrc"), default="paper",
                    help="how CAMs become localization guesses: paper, the largest region above tau (default); "
                    "ilsvrc, the CAM paper's loose and tight boxes for the top-3 classes")
+    p.add_argument("--protocol", choices=("camdeploy", "wsolevaluation"), default="camdeploy",
+                   help="box metrics: camdeploy, GT-known loc at the box threshold tau (gt_known_loc_tau) and "
+                   "camdeploy's MaxBoxAccV2 (maxboxacc_v2_camdeploy) (default); wsolevaluation, MaxBoxAcc v1 and "
+                   "MaxBoxAccV2 (maxboxacc_v1, maxboxacc_v2) with clovaai/wsolevaluation's conventions, comparable "
+                   "with published figures (needs a 224x224 model and --resize stretch)")
+    p.add_argument("--wsol-step", type=float, help="CAM threshold step of --protocol wsolevaluation (default "
+                   "0.001, its cam_curve_interval; its evaluation.py command line uses 0.01)")
     p.add_argument("--box-mode", dest="loc_rule", choices=("paper", "ilsvrc"), action=Renamed, new="--loc-rule",
                    help=argparse.SUPPRESS)
     add_runner_options(p)
@@ -47,6 +55,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from camdeploy.eval.evaluate import EvalOptions, evaluate_models
     from camdeploy.eval.report import format_table, plot, write_json
 
+    if args.wsol_step is not None and args.protocol != "wsolevaluation":
+        raise CamdeployError(f"--wsol-step {args.wsol_step}: applies to --protocol wsolevaluation only (the "
+                             f"{args.protocol} protocol's CAM thresholds are fixed at 0.00..0.99)")
     onnx_path = args.onnx
     if onnx_path is None:
         from camdeploy.cache import cached_export
@@ -61,9 +72,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CamdeployError(f"--compare {' '.join(args.compare)}: expected two or more backends")
     if args.limit is not None and args.limit < 1:
         raise CamdeployError(f"--limit {args.limit}: expected a positive number of images")
-    dataset = open_dataset(args.data, args.images, args.format)
     options = EvalOptions(batch_size=args.batch_size, loc_rule=args.loc_rule, resize=args.resize,
-                          limit=args.limit, progress=not args.no_progress)
+                          limit=args.limit, progress=not args.no_progress, protocol=args.protocol,
+                          **({"wsol_step": args.wsol_step} if args.wsol_step is not None else {}))
+    dataset = open_dataset(args.data, args.images, args.format)
     report, config = evaluate_models(onnx_path, args.compare or [args.backend], dataset, options,
                                      runner_options(args, args.batch_size))
     print(format_table(report))

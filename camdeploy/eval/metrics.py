@@ -9,15 +9,27 @@ the last column); :func:`edge_to_inclusive` converts them.
 * localization error (top-1, top-5), the ILSVRC rule: a guess is right when its class is the
   ground-truth class and its box has IoU >= 0.5 with any ground-truth box; top-1 looks at the
   first guess, top-5 at the first five;
-* GT-known localization: the box from the CAM of the ground-truth class has IoU >= 0.5 with a
-  ground-truth box (classification is not judged);
-* MaxBoxAccV2 (Choe et al., CVPR 2020, "Evaluating Weakly Supervised Object Localization
-  Methods Right"): the ground-truth class's CAM, quantised to 8 bits, is thresholded at every
-  ``tau`` in 0.00, 0.01, ..., 0.99 (pixels strictly above ``int(tau * max)``); every contour of
-  the mask gives a box ``(x, y, x + w, y + h)`` (no contour: ``(0, 0, 0, 0)``); an image counts
-  at ``(tau, delta)`` when the best IoU between those boxes and the ground-truth boxes is at least
-  ``delta``. MaxBoxAcc(delta) is the best accuracy over ``tau``, and MaxBoxAccV2 the mean over
-  ``delta`` in {0.3, 0.5, 0.7}.
+* ``gt_known_loc_tau`` (:data:`GT_KNOWN_LOC_TAU`), GT-known localization at a fixed ``tau``, the
+  CAM paper's measure (Zhou et al., CVPR 2016): the box of the ground-truth class's CAM at the
+  runner's box threshold ``tau`` (0.2 by default) has IoU >= 0.5 with a ground-truth box
+  (classification is not judged). wsolevaluation's "GT-known localization" is another measure,
+  the best threshold's (``maxboxacc_v1`` in :mod:`camdeploy.eval.wsol`);
+* ``maxboxacc_v2_camdeploy`` (:data:`MAXBOXACC_V2_CAMDEPLOY`, :class:`MaxBoxAcc`), MaxBoxAccV2 after
+  Choe et al. (CVPR 2020 and TPAMI 2022) with camdeploy's own conventions: the ground-truth class's
+  CAM as the runtime makes it (bilinear upsampling to the model input, float32, min-max
+  normalised), quantised to 8 bits, is thresholded at every ``tau`` in 0.00, 0.01, ..., 0.99
+  (pixels strictly above ``int(tau * max)``); every contour of the mask gives a box
+  ``(x, y, x + w, y + h)`` (no contour: ``(0, 0, 0, 0)``); an image counts at ``(tau, delta)``
+  when the best IoU between those boxes and the ground-truth boxes, mapped to the model input with
+  their fractions kept, is at least ``delta``. MaxBoxAcc(delta) is the best accuracy over ``tau``,
+  and MaxBoxAccV2 the mean over ``delta`` in {0.3, 0.5, 0.7}.
+
+  It is **not** wsolevaluation's figure, which differs in four conventions
+  (:mod:`camdeploy.eval.wsol`, ``camdeploy eval --protocol wsolevaluation``): its score map is
+  upsampled bicubically (in float64); its boxes' right and bottom edges are clipped to ``W - 1``
+  and ``H - 1``; its ground truth is truncated to integers after scaling to the 224x224 frame;
+  its default threshold step is 0.001. On the same maps, the last three change the outcome of a
+  few images per IoU threshold (issue #15).
 """
 
 from __future__ import annotations
@@ -28,6 +40,10 @@ import cv2
 import numpy as np
 
 IOU_THRESHOLD = 0.5
+GT_KNOWN_LOC_TAU = "gt_known_loc_tau"
+"""GT-known localization at the runner's fixed box threshold ``tau`` (reported beside it)."""
+MAXBOXACC_V2_CAMDEPLOY = "maxboxacc_v2_camdeploy"
+"""MaxBoxAccV2 with camdeploy's conventions (:class:`MaxBoxAcc`)."""
 CAM_THRESHOLDS = np.arange(100) / 100.0
 MAXBOXACC_IOUS = (0.3, 0.5, 0.7)
 
@@ -89,7 +105,9 @@ def localization_errors(hits: np.ndarray) -> tuple[float, float]:
 
 
 def contour_boxes(cam: np.ndarray, threshold: float) -> np.ndarray:
-    """wsolevaluation's boxes at one CAM threshold: ``[B, 4]`` as ``(x, y, x + w, y + h)``."""
+    """Every contour's box at one CAM threshold, ``[B, 4]`` as ``(x, y, x + w, y + h)``: the boxes of
+    ``maxboxacc_v2_camdeploy``. Unlike wsolevaluation's (:func:`camdeploy.eval.wsol.wsol_boxes`),
+    ``x + w`` and ``y + h`` are not clipped to the last column and row."""
     quantised = (cam * 255).astype(np.uint8)
     _, mask = cv2.threshold(quantised, int(threshold * quantised.max()), 255, cv2.THRESH_BINARY)
     contours, _ = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
@@ -102,7 +120,9 @@ def contour_boxes(cam: np.ndarray, threshold: float) -> np.ndarray:
 
 @dataclass
 class MaxBoxAcc:
-    """Accumulates BoxAcc over CAM thresholds and IoU thresholds, one image at a time."""
+    """Accumulates BoxAcc over CAM thresholds and IoU thresholds, one image at a time: the
+    ``camdeploy`` protocol's MaxBoxAccV2 (see the module docstring for how it differs from
+    wsolevaluation's, :class:`camdeploy.eval.wsol.WsolBoxAccuracy`)."""
 
     cam_thresholds: np.ndarray = field(default_factory=lambda: CAM_THRESHOLDS.copy())
     iou_thresholds: tuple[float, ...] = MAXBOXACC_IOUS
