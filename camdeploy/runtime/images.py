@@ -143,7 +143,7 @@ def decode(data: bytes, source: str = "image", options: DecodeOptions = DecodeOp
     width, height = stored
     if (reduced.shape[1], reduced.shape[0]) != (-(-width // factor), -(-height // factor)):
         width, height = height, width  # EXIF orientation turned it a quarter
-    return LoadedImage(np.ascontiguousarray(reduced[:, :, ::-1]), width, height)
+    return LoadedImage(cv2.cvtColor(reduced, cv2.COLOR_BGR2RGB), width, height)
 
 
 def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -165,7 +165,7 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_M
             if alpha is not None:
                 weight = alpha.astype(np.float32)[:, :, None] / 255.0
                 image = (image * weight + 255.0 * (1.0 - weight) + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -250,10 +250,12 @@ def resize_for_model(image: np.ndarray, height: int, width: int, mode: str = "st
 
 def normalize(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """RGB ``uint8 [H, W, 3]`` -> model input ``float32 [3, H, W]`` with the spec's normalisation."""
-    scale = np.asarray(spec.normalization.scale, dtype=np.float32)
-    offset = np.asarray(spec.normalization.offset, dtype=np.float32)
-    x = image.astype(np.float32) * scale + offset  # [H, W, 3]
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    scale = np.asarray(spec.normalization.scale, dtype=np.float32)[:, None, None]
+    offset = np.asarray(spec.normalization.offset, dtype=np.float32)[:, None, None]
+    out = np.empty((3, *image.shape[:2]), dtype=np.float32)
+    np.multiply(image.transpose(2, 0, 1), scale, out=out)  # float32(pixel) * scale, then + offset:
+    np.add(out, offset, out=out)  # two roundings, as hosts in other languages compute it
+    return out
 
 
 def prepare(image: np.ndarray, spec: ModelSpec, resize: str | None = None) -> tuple[np.ndarray, Frame]:
