@@ -4,4 +4,4 @@ The runtime (``camdeploy.runtime``) needs only numpy, onnxruntime and OpenCV; ex
 (``camdeploy.export``) needs the ``export`` extra (torch).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
