@@ -97,7 +97,8 @@ def graph_box_lines(data: Path, model: str, limit: int | None) -> list[str]:
         with OnnxRuntimeRunner(model, box_source="graph") as runner:
             for start in range(0, len(paths), 32):
                 x = np.stack([prepare(load_image(p), spec)[0] for p in paths[start:start + 32]])
-                cams, boxes, exact = runner.run_outputs(["cams", "boxes", "boxes_exact"], x)
+                raw = runner.run_outputs(["cams", "boxes", "boxes_exact"], x)
+                cams, boxes, exact = raw["cams"], raw["boxes"], raw["boxes_exact"]
                 host = cam_boxes(cams, spec.box_threshold)
                 same = (boxes == host).all(axis=-1)
                 equal, top1, flagged, maps = (equal + int(same.sum()), top1 + int(same[:, 0].sum()),

@@ -193,11 +193,15 @@ class OnnxRuntimeRunner(Runner):
             graph.load(self.model_path, weights=False))
         return ("host", "graph") if has_boxes else ("host",)
 
-    def run_outputs(self, names: list[str], images: np.ndarray) -> list[np.ndarray]:
+    def run_outputs(self, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
         """The named graph outputs for a preprocessed batch, with no post-processing."""
         if "main" not in self._sessions:
             raise CamdeployError("ort runner: call open() or use `with runner:` first")
-        return list(self._sessions["main"].run(names, {graph.INPUT_NAME: images}))
+        return self._fetch(self._sessions["main"], names, images)
+
+    def _fetch(self, session: Any, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+        """One ``session.run``: the named outputs of a preprocessed batch."""
+        return dict(zip(names, session.run(names, {graph.INPUT_NAME: images}), strict=True))
 
     def _run(self, images: np.ndarray, features: bool, outputs: str) -> dict[str, np.ndarray]:
         names = list(graph.CLASS_OUTPUTS)
@@ -219,7 +223,7 @@ class OnnxRuntimeRunner(Runner):
             names.append("features")
         if session is None:
             raise CamdeployError("ort runner: call open() or use `with runner:` first")
-        return dict(zip(names, session.run(names, {graph.INPUT_NAME: images}), strict=True))
+        return self._fetch(session, names, images)
 
     def class_weight(self) -> np.ndarray:
         """``W [K, C]``: the initializer the CAM head gathers class rows from (read when first asked)."""

@@ -22,7 +22,8 @@ def test_graph_boxes_equal_host_boxes_on_all_dev_images(lite0_onnx):
     with OnnxRuntimeRunner(lite0_onnx, box_source="graph") as runner:
         for start in range(0, len(paths), 32):
             x = np.stack([prepare(load_image(p), spec)[0] for p in paths[start:start + 32]])
-            cams, boxes, exact = runner.run_outputs(["cams", "boxes", "boxes_exact"], x)
+            raw = runner.run_outputs(["cams", "boxes", "boxes_exact"], x)
+            cams, boxes, exact = raw["cams"], raw["boxes"], raw["boxes_exact"]
             host = cam_boxes(cams, spec.box_threshold)
             same = (boxes == host).all(axis=-1)
             equal += int(same.sum())
