@@ -152,11 +152,11 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_M
     return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, source: str | None = None) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise CamdeployError(f"{path}: cannot read the file ({exc.strerror})") from exc
+        raise CamdeployError(f"{source or path}: cannot read the file ({exc.strerror})") from exc
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -164,9 +164,11 @@ def load_image(path: str | Path) -> np.ndarray:
     return decode_image(_read_bytes(Path(path)), str(path))
 
 
-def read_image(path: str | Path, options: DecodeOptions = DecodeOptions()) -> LoadedImage:
-    """Read an image file within ``options``' limits, reduced where they allow it."""
-    return decode(_read_bytes(Path(path)), str(path), options)
+def read_image(path: str | Path, options: DecodeOptions = DecodeOptions(), source: str | None = None) -> LoadedImage:
+    """Read an image file within ``options``' limits, reduced where they allow it. Errors name
+    ``source`` (default: ``path``)."""
+    source = source or str(path)
+    return decode(_read_bytes(Path(path), source), source, options)
 
 
 @dataclass(frozen=True)
