@@ -93,7 +93,8 @@ def _private_environment() -> Iterator[None]:
     and then writes a token to ``~/.ray/auth_token`` unless one is configured: give it this
     process's token instead, in the environment its processes inherit."""
     wanted = {"RAY_USAGE_STATS_ENABLED": "0"}
-    if "RAY_AUTH_MODE" not in os.environ and not _token_configured():
+    # RAY_AUTH_MODE=token may be Ray's own doing, from an earlier private cluster of this process.
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() == "token" and not _token_configured():
         wanted["RAY_AUTH_TOKEN"] = _TOKEN
         # Its notice that authentication is on: it is, as the README says.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)

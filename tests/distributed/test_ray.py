@@ -97,6 +97,29 @@ def test_without_ray_both_commands_name_the_extra(tmp_path, tiny_model, command)
     assert "needs Ray: install camdeploy with the 'ray' extra (pip install 'camdeploy[ray]')" in done.stderr
 
 
+@pytest.mark.parametrize(("mode", "configured", "given"), [
+    (None, False, True),        # Ray 2.59+ turns auth on for a local cluster: our token, not ~/.ray/auth_token
+    ("token", False, True),     # set by Ray itself when this process started a cluster before
+    ("disabled", False, False),  # the user's choice
+    (None, True, False),        # the user's own token
+])
+def test_a_private_cluster_gets_this_processs_token(monkeypatch, tmp_path, mode, configured, given):
+    from camdeploy.distributed import cluster
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED"):
+        monkeypatch.delenv(name, raising=False)
+    if mode:
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    if configured:
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    with cluster._private_environment():
+        assert (os.environ.get("RAY_AUTH_TOKEN") == cluster._TOKEN) is given
+        assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert "RAY_AUTH_TOKEN" not in os.environ and "RAY_USAGE_STATS_ENABLED" not in os.environ
+    assert not (tmp_path / ".ray").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A small exported model (the refusal tests need a valid file, not a good one)."""
