@@ -267,9 +267,15 @@ def start_service(model: SharedModel, runner_options: RunnerOptions, options: Se
                   quiet: bool = True) -> str:
     """Start Serve's HTTP proxy on ``options.host:port`` (or check the one already running on the
     cluster listens there) and deploy the service; return its URL once every replica is ready."""
+    import ray
     from ray import serve
 
     options.check()
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if options.replicas * options.threads > cpus:  # Serve would wait for them for ever
+        raise CamdeployError(f"--replicas {options.replicas} x --threads {options.threads}: the replicas would "
+                             f"reserve {options.replicas * options.threads} CPUs and the cluster has {cpus}; expected "
+                             f"at most {max(1, cpus // options.threads)} replicas of {options.threads} thread(s)")
     if quiet:  # importing ray.serve sets its logger to INFO
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     logging_config = {"log_level": "WARNING", "enable_access_log": False} if quiet else None

@@ -377,6 +377,9 @@ def test_serve_answers_like_run_and_refuses_bad_requests(cluster, serve_port, li
         assert status == 200 and metadata["labels"] == list(spec.class_names) and metadata["input_size"] == [224, 224]
         assert metadata["metadata"]["camdeploy.topk"] == "5" and metadata["limits"]["max_body_bytes"] == 2 * 1024**2
 
+        with pytest.raises(CamdeployError, match=r"--replicas 3 x --threads 1: the replicas would reserve 3 CPUs and "
+                                                 r"the cluster has 2; expected at most 2 replicas"):
+            start_service(share_model(lite0_onnx), RunnerOptions(), ServeOptions(port=serve_port, replicas=3))
         with pytest.raises(CamdeployError, match=rf"Serve already runs on this cluster with its HTTP proxy on "
                                                  rf"127.0.0.1:{serve_port}"):
             start_service(share_model(lite0_onnx), RunnerOptions(), ServeOptions(port=free_port(), name="other"))
