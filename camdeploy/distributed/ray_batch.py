@@ -30,6 +30,7 @@ import dataclasses
 import heapq
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,20 +231,33 @@ class RayRecords:
                         records.append(json.loads(record))
                     following += 1
                 yield records
-        except (KeyboardInterrupt, GeneratorExit, CamdeployError):
+        except CamdeployError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # Ray's errors, the workers' wrapped in them
             raise CamdeployError(f"--engine ray: the cluster failed: {_cause(exc)}") from exc
         if following != len(files):
             raise CamdeployError(f"--engine ray: the cluster returned {following} of {len(files)} images")
 
 
 def _cause(exc: BaseException) -> str:
-    """The innermost error's message, on one line."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+    """One line for an error of the cluster: a camdeploy error raised on a worker (Ray wraps it in
+    its own, with the worker's traceback as text), else the first line of Ray's message."""
+    chain: list[BaseException] = []
+    while exc is not None and len(chain) < 16:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    for error in chain:
+        if isinstance(error, CamdeployError):
+            return str(error)
+    for error in chain:
+        found = re.findall(r"CamdeployError: (.+)", str(error))
+        if found:
+            return found[-1].strip()
+    for error in chain:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+        if text:
+            return f"{type(error).__name__}: {text.splitlines()[0]}"
+    return type(chain[0]).__name__
 
 
 def run_on_ray(runner: Runner, inputs: list[Path] | Listing, out_dir: str | Path, options: RunOptions = RunOptions(),

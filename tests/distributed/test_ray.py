@@ -120,6 +120,28 @@ def test_a_private_cluster_gets_this_processs_token(monkeypatch, tmp_path, mode,
     assert not (tmp_path / ".ray").exists()
 
 
+def test_a_workers_error_reaches_the_user_in_one_line():
+    """Ray wraps a worker's error in its own, with the worker's traceback as text."""
+    from camdeploy.distributed.ray_batch import _cause
+    from camdeploy.errors import CamdeployError
+
+    class Wrapped(Exception):  # like ray.data's SystemException under ray's ActorDiedError
+        pass
+
+    died = RuntimeError("The actor died because of an error raised in its creation task, "
+                        "\x1b[36mray::MapWorker\x1b[39m\nTraceback (most recent call last):\n  File ...\n"
+                        "camdeploy.errors.CamdeployError: $CAMDEPLOY_RAY_MODEL_DIR /x: cannot write there "
+                        "(Read-only file system)\n")
+    died.__cause__ = Wrapped("")
+    assert _cause(died) == "$CAMDEPLOY_RAY_MODEL_DIR /x: cannot write there (Read-only file system)"
+    outer = RuntimeError("task failed")
+    outer.__cause__ = CamdeployError("MODEL m.onnx: bad")
+    assert _cause(outer) == "MODEL m.onnx: bad"
+    plain = RuntimeError("\x1b[31mobject store full\x1b[0m\nmore lines")
+    plain.__cause__ = Wrapped("")
+    assert _cause(plain) == "RuntimeError: object store full"
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A small exported model (the refusal tests need a valid file, not a good one)."""
