@@ -270,7 +270,7 @@ def test_the_python_pieces_in_a_users_own_pipeline(cluster, lite0_onnx, local_ru
     ds = ray.data.read_binary_files([str(f) for f in files] + [str(tmp_path / "broken.jpg")], include_paths=True)
     ds = ds.map_batches(prepare_images, fn_kwargs={"model": model}, batch_size=4)
     ds = ds.map_batches(CamPredictor, fn_constructor_kwargs={"model": model}, batch_size=4,
-                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=4), num_cpus=1)
     rows = {Path(row["path"]).name: row for row in ds.iter_rows()}
     assert set(rows) == {f.name for f in files} | {"broken.jpg"}
     assert "not a readable image" in rows["broken.jpg"]["error"] and rows["broken.jpg"]["record"] == ""
