@@ -62,7 +62,7 @@ def _refuse(backend: str, options: RunnerOptions) -> None:
         raise CamdeployError(f"--provider {options.provider} selects an ONNX Runtime provider; --backend {backend} "
                              f"{runs}")
     if backend != "tensorrt" and (options.engine or options.rtx):
-        raise CamdeployError("--engine and --rtx are options of --backend tensorrt")
+        raise CamdeployError("--plan and --rtx are options of --backend tensorrt")
 
 
 def make_runner(backend: str, model: str | os.PathLike[str], options: RunnerOptions = RunnerOptions(),

@@ -8,9 +8,11 @@
 * ``cuda``: needs a GPU that CUDA sees through cuda-python (the TensorRT runner); skipped with
   CUDA's own reason otherwise. Nothing is ever "passed" by returning early.
 
+* ``ray``: needs Ray (the ``ray`` extra); skipped with a reason without it, except under CI.
+
 Tools that CI installs (``.ci/run`` sets ``CAMDEPLOY_CI=1``) are requested through
 :func:`require_tool`: outside CI a missing tool skips the test with the reason, under CI it fails
-it, so that CI never counts a skipped check as passed.
+it, so that CI never counts a skipped check as passed. The same holds for Ray.
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ def tensorrt_reason() -> str | None:
     return None
 
 
+def ray_reason() -> str | None:
+    """Why Ray tests cannot run here, or None when Ray is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return "Ray is not installed (the 'ray' extra); .ci/run installs it"
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     data_skip = pytest.mark.skip(reason=f"real data folder {DEV} is absent (it sits beside the repo "
                                  "as ../shared/data, or set CAMDEPLOY_DATA)")
@@ -79,6 +90,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(data_skip)
         if item.get_closest_marker("tensorrt") and tensorrt_reason():
             item.add_marker(pytest.mark.skip(reason=tensorrt_reason()))
+        if item.get_closest_marker("ray") and ray_reason() and not os.environ.get("CAMDEPLOY_CI"):
+            item.add_marker(pytest.mark.skip(reason=ray_reason()))  # under CI the test fails importing ray
         if item.get_closest_marker("cuda") and cuda_reason():
             item.add_marker(pytest.mark.skip(reason=f"no usable GPU: {cuda_reason()}"))
         if item.get_closest_marker("gpu"):

@@ -14,7 +14,7 @@ import pytest
 import camdeploy
 from camdeploy.cli import build_parser, main
 
-SUBCOMMANDS = ["export", "run", "info", "demo", "eval", "bench", "calibrate", "convert", "check"]
+SUBCOMMANDS = ["export", "run", "serve", "info", "demo", "eval", "bench", "calibrate", "convert", "check"]
 # Every module but the PyTorch side (export/, models/), which needs torch by design, and
 # __main__, which runs the CLI when imported.
 RUNTIME_MODULES = ["camdeploy", *sorted(
@@ -25,10 +25,11 @@ RUNTIME_MODULES = ["camdeploy", *sorted(
 
 def test_runtime_module_list_is_complete():
     assert {"camdeploy.runtime.onnxruntime_runner", "camdeploy.eval.evaluate", "camdeploy.bench.bench",
-            "camdeploy.cli"} <= set(RUNTIME_MODULES)
+            "camdeploy.cli", "camdeploy.distributed.ray_batch", "camdeploy.distributed.ray_serve"
+            } <= set(RUNTIME_MODULES)
 
 
-def test_runtime_path_imports_neither_torch_nor_tensorrt():
+def test_runtime_path_imports_neither_torch_nor_tensorrt_nor_ray():
     script = textwrap.dedent(f"""
         import contextlib, importlib, io, sys
         for name in {RUNTIME_MODULES!r}:
@@ -41,7 +42,7 @@ def test_runtime_path_imports_neither_torch_nor_tensorrt():
                 except SystemExit as exit:
                     assert exit.code == 0, (command, exit.code)
             assert "usage: camdeploy" in out.getvalue(), command
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorrt", "tensorrt_rtx"))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorrt", "tensorrt_rtx", "ray"))
         print("HEAVY", heavy)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

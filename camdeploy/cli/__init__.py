@@ -14,12 +14,12 @@ import sys
 from collections.abc import Sequence
 
 import camdeploy
-from camdeploy.cli import bench, calibrate, demo, evaluate, export, info, run, tensorrt, triton
+from camdeploy.cli import bench, calibrate, demo, evaluate, export, info, run, serve, tensorrt, triton
 from camdeploy.errors import CamdeployError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-COMMANDS = (export, run, info, demo, evaluate, bench, calibrate, tensorrt, triton)
+COMMANDS = (export, run, serve, info, demo, evaluate, bench, calibrate, tensorrt, triton)
 
 
 def build_parser() -> argparse.ArgumentParser:

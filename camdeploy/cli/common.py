@@ -61,8 +61,11 @@ def add_int8(p: argparse.ArgumentParser) -> None:
                    "kernels for those calibrated for the CPU")
 
 
-def add_runner_options(p: argparse.ArgumentParser, *, torch_model: bool = True) -> None:
-    """Threads, box threshold and source, INT8 execution, provider, TensorRT and reference options."""
+def add_runner_options(p: argparse.ArgumentParser, *, torch_model: bool = True, engine_alias: bool = True) -> None:
+    """Threads, box threshold and source, INT8 execution, provider, TensorRT and reference options.
+
+    ``engine_alias``: accept ``--engine PLAN``, the former name of ``--plan`` (``run`` gives
+    ``--engine`` to the choice of engine, local or Ray, and handles the former use itself)."""
     p.add_argument("--threads", type=int, help="intra-op threads of every backend (default: the CPUs this process "
                    "may use)")
     p.add_argument("--box-threshold", type=float, help="tau of the box rule (default: the model's)")
@@ -70,8 +73,10 @@ def add_runner_options(p: argparse.ArgumentParser, *, torch_model: bool = True) 
     add_int8(p)
     p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
                    help="ONNX Runtime execution provider (default cpu); an unavailable one is an error")
-    p.add_argument("--engine", type=Path, help="with --backend tensorrt: a prebuilt engine (`camdeploy build "
-                   "--output`) instead of the engine cache")
+    p.add_argument("--plan", dest="engine", type=Path, metavar="ENGINE.plan", help="with --backend tensorrt: a "
+                   "prebuilt engine (`camdeploy build --output`) instead of the engine cache")
+    if engine_alias:
+        p.add_argument("--engine", dest="engine", type=Path, action=Renamed, new="--plan", help=argparse.SUPPRESS)
     p.add_argument("--rtx", action="store_true", help="with --backend tensorrt: use TensorRT for RTX "
                    "(tensorrt_rtx) even when NVIDIA's tensorrt is installed")
     if torch_model:

@@ -8,11 +8,33 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from camdeploy.cli.common import MAX_BATCH, add_backend, add_runner_options, runner_options
+from camdeploy.console import warn
 from camdeploy.errors import CamdeployError
 
+if TYPE_CHECKING:
+    from camdeploy.runtime.inputs import Listing
+    from camdeploy.runtime.pipeline import RunOptions, RunSummary
+    from camdeploy.runtime.runner import Runner
+
 EXIT_PARTIAL = 3
+ENGINES = ("local", "ray")
+
+
+class EngineChoice(argparse.Action):
+    """``--engine local|ray``; any other value is the former ``--engine PLAN`` of ``--backend
+    tensorrt`` (now ``--plan``), still accepted with a warning."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        if values in ENGINES:
+            namespace.run_engine = values
+            return
+        warn(f"--engine {values}: a TensorRT engine file is now given with --plan (--engine chooses local or ray); "
+             "the old use will go")
+        namespace.engine = Path(str(values))
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +52,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "symbolic links)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     add_backend(p)
-    add_runner_options(p)
+    add_runner_options(p, engine_alias=False)
+    p.add_argument("--engine", action=EngineChoice, metavar="{local,ray}", default="local", dest="run_engine",
+                   help="local (default): this process; ray: a Ray cluster (the 'ray' extra), Ray Data tasks read "
+                   "and prepare the images and an actor pool runs ONNX Runtime, same results.jsonl (no --overlays); "
+                   "--threads is then per actor (default 1)")
+    p.add_argument("--address", help="with --engine ray: the cluster to use (host:port of its head, or auto for one "
+                   "started on this machine; default $RAY_ADDRESS, else a private local cluster for this run)")
+    p.add_argument("--actors", type=int, help="with --engine ray: inference actors, one ONNX Runtime session each "
+                   "(default: the cluster's CPUs, less a fifth left to reading, divided by --threads)")
     p.add_argument("--batch-size", type=int, default=8, help=f"images per inference (default 8, at most "
                    f"{MAX_BATCH})")
     p.add_argument("--resize", choices=("stretch", "crop"), help="image resize (default: the model's own)")
@@ -65,12 +95,32 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _check_engine(args: argparse.Namespace) -> None:
+    if args.run_engine == "ray":
+        if args.overlays:
+            raise CamdeployError("--overlays with --engine ray: overlays are drawn by the local engine only (they need "
+                                 "each decoded image on the machine that writes --out); drop --overlays, or run "
+                                 "--engine local --overlays on the images you want to look at")
+        if args.backend != "ort" or args.provider != "cpu":
+            chosen = f"--backend {args.backend}" if args.backend != "ort" else f"--provider {args.provider}"
+            raise CamdeployError(f"{chosen} with --engine ray: the Ray engine runs ONNX Runtime on CPUs (--backend ort "
+                                 "--provider cpu); use --engine local for other backends and providers")
+        if args.actors is not None and args.actors < 1:
+            raise CamdeployError(f"--actors {args.actors}: expected a positive number of actors")
+    else:
+        for flag, value in (("--address", args.address), ("--actors", args.actors)):
+            if value is not None:
+                raise CamdeployError(f"{flag} {value}: an option of --engine ray (this run uses --engine local)")
+    if args.threads is not None and args.threads < 1:
+        raise CamdeployError(f"--threads {args.threads}: expected a positive number")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from camdeploy.backends import make_runner
-    from camdeploy.console import warn
     from camdeploy.runtime.inputs import list_inputs
     from camdeploy.runtime.pipeline import RunInterrupted, RunOptions, run_files
 
+    _check_engine(args)
     if not 1 <= args.batch_size <= MAX_BATCH:
         raise CamdeployError(f"--batch-size {args.batch_size}: expected 1 to {MAX_BATCH}")
     if args.max_pixels is not None and args.max_pixels < 1:
@@ -87,9 +137,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(batch_size=args.batch_size, resize=args.resize, overlays=args.overlays,
                          progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite,
                          max_pixels=args.max_pixels, int8=args.int8)
+    engine = ""
     try:
-        with sigterm_as_interrupt(), runner:
-            summary = run_files(runner, listing, args.out, options, model=Path(args.model))
+        if args.run_engine == "ray":
+            summary, engine = _run_on_ray(args, runner, listing, options)
+        else:
+            with sigterm_as_interrupt(), runner:
+                summary = run_files(runner, listing, args.out, options, model=Path(args.model))
     except RunInterrupted as stop:
         done = stop.summary
         print(f"camdeploy run: interrupted after {done.processed + done.previously} of {done.total} images "
@@ -100,7 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.processed:
         print(f"{summary.processed} images in {summary.seconds:.2f} s "
               f"({1000 * summary.seconds / summary.processed:.1f} ms/image, backend {args.backend}"
-              f"{', ' + runner.execution if runner.execution != 'fp32' else ''}); results in {summary.results_path}")
+              f"{', ' + runner.execution if runner.execution != 'fp32' else ''}{engine}); results in "
+              f"{summary.results_path}")
     if summary.previously:
         print(f"{summary.previously} images were already done (--resume)")
     if not finished:
@@ -111,3 +166,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{summary.skipped} inputs left out (reasons in {summary.failures_path})")
         return 0 if args.allow_partial else EXIT_PARTIAL
     return 0
+
+
+def _run_on_ray(args: argparse.Namespace, runner: Runner, listing: Listing, options: RunOptions
+                ) -> tuple[RunSummary, str]:
+    """``run --engine ray``: check the model here, then run on the cluster (see camdeploy.distributed)."""
+    from camdeploy.distributed.cluster import RayOptions, import_ray, ray_session
+    from camdeploy.distributed.ray_batch import RayBatchOptions, default_actors, run_on_ray
+
+    import_ray()  # without the extra: one line, before anything starts
+    with runner:  # a model that does not load stops here, before any cluster starts
+        pass
+    batch = RayBatchOptions(actors=args.actors, threads=args.threads or 1)
+    # Ray replaces the SIGTERM handler when it starts: install ours after it.
+    with ray_session(RayOptions(address=args.address)) as session, sigterm_as_interrupt():
+        actors = default_actors(session.cpus, batch.threads) if batch.actors is None else batch.actors
+        where = "a private local cluster" if session.started else f"the cluster at {session.address}"
+        pool = f"{actors} actor{'s' if actors > 1 else ''} x {batch.threads} thread{'s' if batch.threads > 1 else ''}"
+        print(f"camdeploy run: Ray: {where}, {session.cpus} CPUs; {pool}", file=sys.stderr)
+        summary = run_on_ray(runner, listing, args.out, options, batch, runner_options(args, args.batch_size))
+    return summary, f", engine ray: {pool}"

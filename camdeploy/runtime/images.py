@@ -168,11 +168,11 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_M
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, source: str | None = None) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise CamdeployError(f"{path}: cannot read the file ({exc.strerror})") from exc
+        raise CamdeployError(f"{source or path}: cannot read the file ({exc.strerror})") from exc
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -184,18 +184,19 @@ HEADER_BYTES = 1 << 18
 """Bytes read first, for the header: enough for a JPEG's start-of-frame after its EXIF data."""
 
 
-def read_image(path: str | Path, options: DecodeOptions = DecodeOptions()) -> LoadedImage:
+def read_image(path: str | Path, options: DecodeOptions = DecodeOptions(), source: str | None = None) -> LoadedImage:
     """Read an image file within ``options``' limits, reduced where they allow it. The header is
-    read first: a file above the pixel limit is refused without being read whole."""
-    path = Path(path)
+    read first: a file above the pixel limit is refused without being read whole. Errors name
+    ``source`` (default: ``path``)."""
+    source = source or str(path)
     try:
         with open(path, "rb") as handle:
             head = handle.read(HEADER_BYTES)
-            _plan(head, str(path), options)
+            _plan(head, source, options)
             data = head + handle.read()
     except OSError as exc:
-        raise CamdeployError(f"{path}: cannot read the file ({exc.strerror})") from exc
-    return decode(data, str(path), options)
+        raise CamdeployError(f"{source}: cannot read the file ({exc.strerror})") from exc
+    return decode(data, source, options)
 
 
 @dataclass(frozen=True)

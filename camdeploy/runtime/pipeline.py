@@ -32,9 +32,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -112,6 +113,20 @@ class RunSummary:
     def counts(self) -> dict[str, int]:
         return {"listed": self.total, "processed": self.processed, "previously": self.previously,
                 "skipped": self.skipped, "remaining": self.remaining}
+
+
+class RecordSource(Protocol):
+    """An engine that turns the files of a run into records somewhere else than this process's
+    loader and runner (:class:`camdeploy.distributed.ray_batch.RayRecords`: a Ray cluster).
+    :func:`run_files` keeps everything else: the folder, resume, failures, ``run.json``, progress."""
+
+    settings: dict[str, object]
+    """Added to the run's settings in ``run.json`` (the engine and how it ran; not compared by ``--resume``)."""
+
+    def records(self, files: list[Path], on_skip: Callable[[Path, str], None]) -> Iterator[list[dict]]:
+        """``results.jsonl`` objects for ``files``, in their order, a list at a time; a file that
+        cannot be read goes to ``on_skip(path, reason)`` instead, before the records that follow it."""
+        ...
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -248,7 +263,7 @@ def _overlay_names(files: Sequence[Path]) -> dict[bytes, str]:
 
 def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | Path,
               options: RunOptions = RunOptions(), report: Callable[[str], None] = warn,
-              model: Path | None = None) -> RunSummary:
+              model: Path | None = None, source: RecordSource | None = None) -> RunSummary:
     """Run ``runner`` (already open) over image files; write ``out_dir/results.jsonl``,
     ``failures.jsonl`` and ``run.json`` (see the module's docstring).
 
@@ -256,6 +271,8 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
     problems are recorded as failures). ``model`` is the exported file behind the run, recorded
     and checked on resume (default: the runner's). A file that cannot be read is reported through
     ``report`` and skipped. Ctrl-C raises :class:`RunInterrupted` after the results are safe.
+    ``source``, when given, produces the records instead of this process (no overlays then);
+    ``runner`` only describes the run (settings, ``run.json``) and need not be open.
     """
     from tqdm import tqdm
 
@@ -263,9 +280,12 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
         raise CamdeployError(f"--batch-size {options.batch_size}: expected a positive number")
     if options.resume and options.overwrite:
         raise CamdeployError("--resume and --overwrite: choose one (complete the results, or start over)")
+    if source is not None and options.overlays:
+        raise CamdeployError("--overlays: overlays are drawn by the local engine only; run without them, or "
+                             "run `camdeploy run --overlays` on the images you want to look at")
     listing = inputs if isinstance(inputs, Listing) else Listing(files=list(inputs))
     out_dir = Path(out_dir)
-    settings = _settings(runner, model or runner.model_path, options)
+    settings = {**_settings(runner, model or runner.model_path, options), **(source.settings if source else {})}
     summary = RunSummary(out_dir, total=len(listing.files))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -306,28 +326,38 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
         failures.write([{**file_fields(entry), "reason": reason, "stage": "list"}])
         report(f"skipped {entry}: {reason}")
         summary.skipped += 1
+    def local_records(files: list[Path], on_skip: Callable[[Path, str], None]) -> Iterator[list[dict]]:
+        batches = image_batches(files, runner.spec, BatchOptions(
+            batch_size=options.batch_size, resize=options.resize, keep_images=options.overlays,
+            max_pixels=options.max_pixels, prefetch=options.prefetch), on_skip=on_skip)
+        try:
+            for batch in batches:
+                result = runner.infer_images(batch.tensors, batch.frames,
+                                             outputs="all" if options.overlays else "boxes")
+                records = [result_record(path, result, i, runner.spec.class_names)
+                           for i, path in enumerate(batch.items)]
+                if options.overlays and batch.images is not None and result.cams is not None:
+                    for i, path in enumerate(batch.items):
+                        label = f"{records[i]['labels'][0]} {records[i]['scores'][0]:.2f}"
+                        picture = draw_overlay(batch.images[i], result.cams[i, 0],
+                                               result.boxes[i, 0], label, batch.frames[i])  # type: ignore[index]
+                        target = out_dir / overlay_names[os.fsencode(path)]
+                        if not cv2.imwrite(str(target), np.ascontiguousarray(picture[:, :, ::-1])):
+                            raise OSError(f"cannot write {target}")
+                        summary.overlays += 1
+                yield records
+        finally:
+            batches.close()
+
     manifest("running")
     start = time.perf_counter()
     status = "interrupted"
-    batches = image_batches(todo, runner.spec, BatchOptions(
-        batch_size=options.batch_size, resize=options.resize, keep_images=options.overlays,
-        max_pixels=options.max_pixels, prefetch=options.prefetch), on_skip=on_skip)
+    produced = source.records(todo, on_skip) if source else local_records(todo, on_skip)
     bar = tqdm(total=len(listing.files), initial=summary.previously, unit="img",
                disable=not options.progress or None, file=sys.stderr)
     try:
-        for batch in batches:
+        for records in produced:
             record_skips()
-            result = runner.infer_images(batch.tensors, batch.frames, outputs="all" if options.overlays else "boxes")
-            records = [result_record(path, result, i, runner.spec.class_names) for i, path in enumerate(batch.items)]
-            if options.overlays and batch.images is not None and result.cams is not None:
-                for i, path in enumerate(batch.items):
-                    label = f"{records[i]['labels'][0]} {records[i]['scores'][0]:.2f}"
-                    picture = draw_overlay(batch.images[i], result.cams[i, 0], result.boxes[i, 0],  # type: ignore[index]
-                                           label, batch.frames[i])
-                    target = out_dir / overlay_names[os.fsencode(path)]
-                    if not cv2.imwrite(str(target), np.ascontiguousarray(picture[:, :, ::-1])):
-                        raise OSError(f"cannot write {target}")
-                    summary.overlays += 1
             results.write(records)
             summary.processed += len(records)
             summary.remaining -= len(records)
@@ -339,7 +369,9 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
         status = "failed"
         raise CamdeployError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from exc
     finally:
-        batches.close()
+        close = getattr(produced, "close", None)
+        if close is not None:  # a generator: stop its loader (or its cluster's work)
+            close()
         record_skips()  # files left out after the last batch (or before an interruption)
         bar.close()
         results.close()

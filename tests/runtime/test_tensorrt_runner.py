@@ -110,7 +110,7 @@ def test_tensorrt_options_belong_to_the_tensorrt_backend(tiny, tmp_path, capsys)
 
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
     assert main(["run", str(tiny), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--rtx"]) == 1
-    assert "--engine and --rtx are options of --backend tensorrt" in capsys.readouterr().err
+    assert "--plan and --rtx are options of --backend tensorrt" in capsys.readouterr().err
 
 
 @pytest.mark.cuda
