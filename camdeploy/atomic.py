@@ -1,4 +1,5 @@
-"""Writing files atomically: nothing half-written is ever left at the target path.
+"""Writing files atomically: nothing half-written is ever left at the target path; and the one
+SHA-256 of a file that runs, Triton repositories and Ray workers record and check.
 
 Every file camdeploy writes whole (ONNX models, engines, reports, JSON) goes through
 :func:`write_checked`: the content is written to a hidden temporary file beside the target, named
@@ -10,6 +11,7 @@ files cannot pile up. Files that grow while a run goes on (``results.jsonl``) ar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -117,3 +119,12 @@ def save_onnx(model: onnx.ModelProto, output: Path, check: Callable[[Path], Any]
     check_onnx_output(output, label)
     return write_checked(output, lambda path: onnx.save_model(model, str(path), save_as_external_data=False),
                          check, label)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (a model file need not fit twice in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

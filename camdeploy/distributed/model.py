@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from camdeploy.atomic import write_bytes
+from camdeploy.atomic import file_sha256, write_bytes
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec, read_spec
 
@@ -61,13 +61,6 @@ def cache_folder() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "camdeploy-ray-models")
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def local_model(model: SharedModel | str | os.PathLike[str]) -> Path:
     """A path to the model on this node: the cached copy of a :class:`SharedModel` (fetched from
@@ -75,7 +68,7 @@ def local_model(model: SharedModel | str | os.PathLike[str]) -> Path:
     if not isinstance(model, SharedModel):
         return Path(model)
     target = cache_folder() / f"{model.sha256}.onnx"
-    if target.is_file() and target.stat().st_size == model.size and _digest(target) == model.sha256:
+    if target.is_file() and target.stat().st_size == model.size and file_sha256(target) == model.sha256:
         return target
     import ray
 

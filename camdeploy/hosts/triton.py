@@ -29,7 +29,6 @@ existing one is replaced only with ``force``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -41,6 +40,7 @@ import onnx
 from onnx import TensorProto
 
 import camdeploy
+from camdeploy.atomic import file_sha256
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import PREFIX, ModelSpec
 
@@ -289,13 +289,6 @@ def check_config(text: str, inputs: tuple[TensorSpec, ...], outputs: tuple[Tenso
     return config
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def write_repository(model: str | Path, repo: str | Path, options: TritonOptions = TritonOptions()
                      ) -> TritonRepository:
@@ -327,7 +320,8 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
     filename = "model.plan" if options.plan is not None else "model.onnx"
     header = [
         f"# Triton model configuration written by camdeploy {camdeploy.__version__} (`camdeploy triton`).",
-        f"# Tensors, dims and parameters come from {model.name}; {VERSION}/{filename} has sha256 {_sha256(served)}.",
+        f"# Tensors, dims and parameters come from {model.name}; {VERSION}/{filename} has sha256 "
+        f"{file_sha256(served)}.",
         "# A client learns the preprocessing from the camdeploy.* parameters: x = pixel * pixel_scale + pixel_offset",
         "# per RGB channel, pixels in 0..255, layout NCHW, resized to input_height x input_width.",
     ]

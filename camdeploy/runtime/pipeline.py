@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import collections
 import datetime
-import hashlib
 import json
 import os
 import sys
@@ -41,7 +40,7 @@ import cv2
 import numpy as np
 
 import camdeploy
-from camdeploy.atomic import write_json, write_text
+from camdeploy.atomic import file_sha256, write_json, write_text
 from camdeploy.console import warn
 from camdeploy.errors import CamdeployError
 from camdeploy.runtime.batches import BatchOptions, image_batches
@@ -169,13 +168,6 @@ def result_record(path: Path, result: CamResult, index: int, class_names: Sequen
     }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 class _Appender:
     """A JSON-lines file appended whole lines at a time (one write per call)."""
@@ -215,7 +207,7 @@ def _read_results(path: Path) -> set[bytes]:
 
 
 def _settings(runner: Runner, model: Path | None, options: RunOptions) -> dict[str, object]:
-    return {"model": str(model.resolve()) if model else None, "model_sha256": _sha256(model) if model else None,
+    return {"model": str(model.resolve()) if model else None, "model_sha256": file_sha256(model) if model else None,
             "backend": runner.name, "execution": runner.execution, "resize": options.resize or runner.spec.resize,
             "box_threshold": runner.box_threshold, "int8": options.int8, "topk": runner.spec.topk}
 
