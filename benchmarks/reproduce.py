@@ -303,9 +303,10 @@ def main() -> None:
     for split in ("dev", "holdout"):
         for mode in ("paper", "ilsvrc"):
             name = f"eval_{split}_{mode}"
+            # the box-accuracy curve does not depend on the localization rule: one plot per split
+            plot = ["--plot", str(out / f"eval_{split}.png")] if mode == "paper" else []
             run(["eval", "--data", str(args.data / split), "--onnx", model, "--compare", "torch", "ort",
-                 "--loc-rule", mode, "--json", str(out / f"{name}.json"), "--plot", str(out / f"{name}.png"),
-                 "--no-progress", *limit])
+                 "--loc-rule", mode, "--json", str(out / f"{name}.json"), *plot, "--no-progress", *limit])
             evals[name] = json.loads((out / f"{name}.json").read_text())
 
     boxes = graph_box_lines(args.data, model, 64 if args.quick else None)
