@@ -5,11 +5,13 @@
 Runs `camdeploy bench --scopes model` on the dev images several times. Each run times, in turns,
 repeat by repeat: `ort [classes only]` (the graph cut before the CAM head: logits, classes,
 scores), `ort` (every output, boxes by the host rule: the default path), `ort [no maps]` (classes,
-scores and boxes without copying the maps out: what `camdeploy run` asks for) and `ort [graph
-boxes]` (boxes from the graph), beside the PyTorch reference. The cost of each path is its ratio
-to `[classes only]` minus one, from like figures: minimum to minimum (the least disturbed repeat),
-median to median, and process CPU time to CPU time. One run on a shared machine is not enough: the
-table shows every run, and the summary the spread. Writes benchmarks/results/BOX_COST.md.
+scores and boxes, found from the low-resolution maps: what `camdeploy run` asks for), `ort [no maps,
+full-res]` (the same boxes found on the graph's full-resolution CAMs, the path before the
+low-resolution one) and `ort [graph boxes]` (boxes from the graph), beside the PyTorch reference.
+The cost of each path is its ratio to `[classes only]` minus one, from like figures: minimum to
+minimum (the least disturbed repeat), median to median, and process CPU time to CPU time. One run
+on a shared machine is not enough: the table shows every run, and the summary the spread. Writes
+benchmarks/results/BOX_COST.md.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from pathlib import Path
 
 from reproduce import HERE, REPO, run
 
-PATHS = {"ort": "default path (all outputs, host boxes)", "ort [no maps]": "run's path (boxes, no maps)",
+PATHS = {"ort": "default path (all outputs, host boxes)",
+         "ort [no maps]": "run's path (boxes from the low-resolution maps, no CAMs)",
+         "ort [no maps, full-res]": "boxes from the graph's full-resolution CAMs, not copied out",
          "ort [graph boxes]": "boxes from the graph"}
 BASE = "ort [classes only]"
 TARGETS = {1: 0.15, 16: 0.10}

@@ -33,6 +33,9 @@ class RunnerOptions:
     """ONNX Runtime's execution provider: ``cpu``, ``cuda`` or ``tensorrt``."""
     int8: str = "auto"
     """How ONNX Runtime runs INT8 graphs (:mod:`camdeploy.runtime.int8`)."""
+    box_maps: str = "low"
+    """Which maps ONNX Runtime's host boxes come from when no CAMs are asked for: ``low`` (the raw
+    low-resolution maps) or ``full`` (the graph's CAMs); see :class:`OnnxRuntimeRunner`."""
     batch: tuple[int, int, int] = (1, 8, 32)
     """Batch profile (min, opt, max) of TensorRT engines."""
     engine: Path | None = None
@@ -61,6 +64,8 @@ def _refuse(backend: str, options: RunnerOptions) -> None:
         runs = "runs on the CPU (use --backend ort)" if backend == "torch" else "runs TensorRT itself"
         raise CamdeployError(f"--provider {options.provider} selects an ONNX Runtime provider; --backend {backend} "
                              f"{runs}")
+    if backend != "ort" and options.box_maps != "low":
+        raise CamdeployError(f"box_maps {options.box_maps!r} is an option of --backend ort")
     if backend != "tensorrt" and (options.engine or options.rtx):
         raise CamdeployError("--plan and --rtx are options of --backend tensorrt")
 
@@ -89,4 +94,5 @@ def make_runner(backend: str, model: str | os.PathLike[str], options: RunnerOpti
     from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(model, options.provider, options.threads, options.box_threshold, spec,
-                             options.box_source, trt_batch=options.batch, int8=options.int8)
+                             options.box_source, trt_batch=options.batch, int8=options.int8,
+                             box_maps=options.box_maps)

@@ -63,6 +63,12 @@ def cut(model: onnx.ModelProto, outputs: tuple[str, ...]) -> onnx.ModelProto:
     if missing:
         raise CamdeployError(f"the graph has no tensor named {', '.join(sorted(missing))}")
     inputs = [i.name for i in model.graph.input]
+    known = {v.name for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    untyped = [name for name in outputs if name not in known]
+    if untyped:  # a quantized graph keeps no types inside; camdeploy cuts inside it only at float32 maps
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        model.graph.value_info.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                                      for name in untyped)
     result = Extractor(model).extract_model(inputs, list(outputs))
     result.metadata_props.extend(model.metadata_props)
     result.producer_name, result.producer_version = model.producer_name, model.producer_version
@@ -72,6 +78,77 @@ def cut(model: onnx.ModelProto, outputs: tuple[str, ...]) -> onnx.ModelProto:
 def without_boxes(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` without :data:`BOX_OUTPUTS` and the nodes only they need (for the host box rule)."""
     return cut(model, tuple(o.name for o in model.graph.output if o.name not in BOX_OUTPUTS))
+
+
+def cam_head_maps(model: onnx.ModelProto) -> str | None:
+    """The tensor of low-resolution maps ``[N, T, h, w]`` that the CAM head upsamples, or None.
+
+    The head of an exported graph is ``cams = (R - min R) / span`` with ``R`` a float32 bilinear,
+    half-pixel ``Resize`` of the maps (a constant map divides by 1 instead of 0). A runner that
+    needs only boxes can fetch these maps instead of the full-resolution ``cams`` (see
+    :mod:`camdeploy.runtime.map_boxes`); any other head (a float16 one, whose ``cams`` come out of a
+    ``Cast``; an edited graph) gives None.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    outputs = {o.name: o for o in model.graph.output}
+
+    def made_by(name: str, op_type: str) -> onnx.NodeProto | None:
+        node = producers.get(name)
+        return node if node is not None and node.op_type == op_type else None
+
+    if "cams" not in outputs or outputs["cams"].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        return None
+    div = made_by("cams", "Div")  # float32 out, so float32 in: Sub, Resize and the maps are float32
+    sub = made_by(div.input[0], "Sub") if div is not None else None
+    resize = made_by(sub.input[0], "Resize") if sub is not None else None
+    low = made_by(sub.input[1], "ReduceMin") if sub is not None else None
+    if resize is None or low is None or low.input[0] != resize.output[0]:
+        return None
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in resize.attribute}
+    if (attributes.get("mode") != b"linear" or attributes.get("coordinate_transformation_mode") != b"half_pixel"
+            or attributes.get("antialias", 0) != 0):
+        return None
+    return resize.input[0] if _head_nodes(model, resize.input[0]) is not None else None
+
+
+def _head_nodes(model: onnx.ModelProto, maps: str) -> list[onnx.NodeProto] | None:
+    """The nodes that compute ``cams`` from ``maps`` and constants alone, in graph order, or None
+    when ``cams`` needs anything else."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    constants = {t.name for t in model.graph.initializer}
+    needed: set[int] = set()
+    pending, seen = ["cams"], set()
+    while pending:
+        name = pending.pop()
+        if name in seen or name in constants or name in ("", maps):
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if node is None:  # a graph input other than the maps
+            return None
+        needed.add(id(node))
+        pending.extend(node.input)
+    return [node for node in model.graph.node if id(node) in needed]
+
+
+def cam_head(model: onnx.ModelProto, maps: str) -> onnx.ModelProto:
+    """The CAM head alone: input ``maps`` ``float32 [n, t, h, w]`` (see :func:`cam_head_maps`), any
+    number of maps of any size, output ``cams``; it computes them with the same operators as the
+    whole graph, so that a runtime gives the same values."""
+    nodes = _head_nodes(model, maps)
+    if nodes is None:
+        raise CamdeployError(f"the graph's cams are not computed from {maps!r} alone")
+    used = {name for node in nodes for name in node.input}
+    size = [d.dim_value or d.dim_param for d in
+            next(o for o in model.graph.output if o.name == "cams").type.tensor_type.shape.dim][2:]
+    head = onnx.helper.make_graph(
+        nodes, "camdeploy_cam_head",
+        [onnx.helper.make_tensor_value_info(maps, onnx.TensorProto.FLOAT, ["n", "t", "h", "w"])],
+        [onnx.helper.make_tensor_value_info("cams", onnx.TensorProto.FLOAT, ["n", "t", *size])],
+        [t for t in model.graph.initializer if t.name in used])
+    result = onnx.helper.make_model(head, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    result.metadata_props.extend(model.metadata_props)
+    return result
 
 
 def precision(model: onnx.ModelProto) -> str:

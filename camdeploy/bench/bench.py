@@ -6,7 +6,9 @@ Scopes:
   backend (the first model) the rows are: every output, boxes included (the backend's own row);
   ``[no maps]``: classes, scores and boxes without the 1 MB of maps per image (what ``run``
   asks for); ``[classes only]``: the classifier without the CAM head, so that the difference is
-  what CAMs and boxes cost; ``[graph boxes]`` / ``[host boxes]``: the other box source, when the
+  what CAMs and boxes cost; ``[no maps, full-res]``: ``[no maps]`` with host boxes found on the
+  graph's full-resolution CAMs instead of the low-resolution maps (ONNX Runtime: what the
+  low-resolution path saves); ``[graph boxes]`` / ``[host boxes]``: the other box source, when the
   model has both; ``[device clock]``: the backend's own clock (CUDA events), when it has one.
   Rows of one batch size take turns repeat by repeat, so that their ratios survive a noisy machine.
 * ``end-to-end``: image files in, ``results.jsonl`` out (``camdeploy run``'s path: read, resize,
@@ -193,6 +195,12 @@ def run_bench(models: Sequence[Path], image_paths: Sequence[Path], options: Benc
                 for backend in options.backends:
                     label = _label(backend, models[0], models)
                     first = main[label]
+                    if getattr(first, "uses_low_res_maps", False):
+                        full = make_runner(backend, models[0], dataclasses.replace(
+                            runner_options.for_backend(backend), box_maps="full"), spec)
+                        full.open()
+                        opened.append(full)
+                        others[f"{label} [no maps, full-res]"] = full
                     for source in first.box_sources():
                         if source != first.box_source:
                             other = make_runner(backend, models[0], dataclasses.replace(
@@ -259,7 +267,8 @@ def _model_rows(main: dict[str, Runner], others: dict[str, Runner], peer: Callab
             calls[f"{name} [classes only]"] = partial(runner.infer, x, outputs="classes")
             describe[f"{name} [no maps]"] = describe[f"{name} [classes only]"] = runner
     for name, runner in others.items():
-        calls[name], describe[name] = partial(runner.infer, x), runner
+        outputs = "boxes" if name.endswith("[no maps, full-res]") else "all"
+        calls[name], describe[name] = partial(runner.infer, x, outputs=outputs), runner
     if peer is not None:
         calls["torchcam"] = partial(peer, x)
     say(f"model scope, batch {batch}: {', '.join(calls)}, taking turns")

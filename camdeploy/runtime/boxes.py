@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -39,17 +40,20 @@ def threshold_mask(cams: np.ndarray, threshold: float, peaks: np.ndarray | float
     return (cams >= levels[..., None, None]).view(np.uint8)
 
 
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """``x0, y0, x1, y1`` of the largest 8-connected component of a ``uint8`` mask (ties: first
     pixel in raster order); the whole frame for an empty mask."""
     height, width = mask.shape
-    # connectedComponents without stats: OpenCV's statistics cost about 5x the labelling itself.
-    count, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
-    if count <= 1:  # no foreground: cannot happen for a finite map, kept for safety
+    left, top, w, h = cv2.boundingRect(mask)
+    if w == 0:  # no foreground: cannot happen for a finite map, kept for safety
         return 0, 0, width, height
+    # Labelling costs in proportion to the pixels: label the mask's bounding rectangle only (the
+    # raster order of pixels inside it is theirs in the whole mask).
+    crop = mask[top:top + h, left:left + w]
+    # connectedComponents without stats: OpenCV's statistics cost about 5x the labelling itself.
+    count, labels = cv2.connectedComponents(crop, connectivity=8, ltype=cv2.CV_32S)
     if count == 2:  # one component (most maps): its box is the mask's
-        x, y, w, h = cv2.boundingRect(mask)
-        return x, y, x + w, y + h
+        return left, top, left + w, top + h
     areas = np.bincount(labels.ravel(), minlength=count)[1:]
     tied = 1 + np.flatnonzero(areas == areas.max())
     if len(tied) == 1:
@@ -57,8 +61,8 @@ def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     else:  # OpenCV's label order is not raster order: find each tied component's first pixel
         flat = labels.ravel()
         best = min((int(np.argmax(flat == label)), int(label)) for label in tied)[1]
-    x, y, w, h = cv2.boundingRect((labels == best).astype(np.uint8))
-    return x, y, x + w, y + h
+    x, y, w, h = cv2.boundingRect((labels == best).view(np.uint8))
+    return left + x, top + y, left + x + w, top + y + h
 
 
 def cam_box(cam: np.ndarray, threshold: float = 0.2) -> np.ndarray:
@@ -104,19 +108,25 @@ def cam_boxes(cams: np.ndarray, threshold: float = 0.2, workers: int = 1) -> np.
     def label(start: int, stop: int) -> None:
         for m in range(start, stop):
             # A map with NaN or infinity (never produced by an exported graph) gives the whole frame.
-            boxes[m] = _mask_box(masks[m]) if np.isfinite(peaks[m]) else (0, 0, width, height)
+            boxes[m] = mask_box(masks[m]) if np.isfinite(peaks[m]) else (0, 0, width, height)
 
+    split_work(label, n * t, workers)
+    return boxes.reshape(n, t, 4)
+
+
+def split_work(work: Callable[[int, int], None], count: int, workers: int) -> None:
+    """``work(start, stop)`` over maps ``0 .. count``, in up to ``workers`` threads of at least
+    :data:`MAPS_PER_WORKER` maps each (OpenCV and NumPy release the GIL)."""
     # Below a few maps per thread, starting threads costs more than it saves (measured: 5 maps).
-    chunks = min(max(workers, 1), (n * t) // MAPS_PER_WORKER)
+    chunks = min(max(workers, 1), count // MAPS_PER_WORKER)
     previous = cv2.getNumThreads()
     cv2.setNumThreads(1)  # OpenCV's own parallel labelling spends more CPU for less: split by maps instead
     try:
         if chunks <= 1:
-            label(0, n * t)
+            work(0, count)
         else:
-            edges = np.linspace(0, n * t, chunks + 1).astype(int)
-            for done in [_pool(chunks).submit(label, a, b) for a, b in itertools.pairwise(edges)]:
+            edges = np.linspace(0, count, chunks + 1).astype(int)
+            for done in [_pool(chunks).submit(work, a, b) for a, b in itertools.pairwise(edges)]:
                 done.result()
     finally:
         cv2.setNumThreads(previous)
-    return boxes.reshape(n, t, 4)

@@ -22,6 +22,8 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+BOX_MAPS = ("low", "full")
+"""Which maps host boxes come from when no CAMs are asked for (``OnnxRuntimeRunner(box_maps=...)``)."""
 GRAPH_BOXES_FASTER = {"cpu": False, "cuda": True, "tensorrt": True}
 """Default box source per provider (``--box-source auto``). CPU: measured by ``camdeploy bench``
 (benchmarks/results/): the host rule is cheaper; on a GPU the graph's boxes avoid copying every CAM
@@ -73,6 +75,10 @@ class OnnxRuntimeRunner(Runner):
         box_source: ``graph`` (the graph's ``boxes`` output), ``host`` (OpenCV; the box nodes are
             then cut from the graph before loading, so that they cost nothing) or ``auto``
             (default): the faster of the two for the provider, :data:`GRAPH_BOXES_FASTER`.
+        box_maps: with host boxes, which maps the ``boxes`` output set boxes: ``low`` (default):
+            the raw low-resolution maps, so that the graph neither upsamples nor copies out
+            full-resolution CAMs (exact: see :mod:`camdeploy.runtime.map_boxes`; a head this does not
+            recognise, such as a float16 one, falls back to ``full``); ``full``: the graph's CAMs.
         trt_batch: ``(min, opt, max)`` batch of the TensorRT provider's optimization profile.
         int8: how a Q/DQ INT8 graph runs: ``simulate``, ``kernels`` or ``auto`` (default), see
             :mod:`camdeploy.runtime.int8`; :attr:`execution` says what was chosen.
@@ -83,7 +89,7 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, path: str | os.PathLike[str], provider: str = "cpu", threads: int | None = None,
                  box_threshold: float | None = None, spec: ModelSpec | None = None, box_source: str = "auto",
-                 trt_batch: tuple[int, int, int] = (1, 8, 32), int8: str = "auto"):
+                 trt_batch: tuple[int, int, int] = (1, 8, 32), int8: str = "auto", box_maps: str = "low"):
         self.model_path = Path(path)
         super().__init__(spec or read_spec(self.model_path), box_threshold)
         if provider not in PROVIDERS:
@@ -92,7 +98,11 @@ class OnnxRuntimeRunner(Runner):
             raise CamdeployError(f"--threads {threads}: expected a positive number")
         if int8 not in INT8_MODES:
             raise CamdeployError(f"--int8 {int8!r}: expected one of {', '.join(INT8_MODES)}")
+        if box_maps not in BOX_MAPS:
+            raise CamdeployError(f"box_maps {box_maps!r}: expected one of {', '.join(BOX_MAPS)}")
         self.provider = provider
+        self.box_maps = box_maps
+        self._maps_name: str | None = None
         self.threads = threads
         self.box_workers = threads or usable_cpus()
         self.box_source_choice = box_source
@@ -124,6 +134,7 @@ class OnnxRuntimeRunner(Runner):
             model=self.model_path)
         main = graph.without_boxes(proto) if self._has_graph_boxes and self.box_source == "host" else proto
         self._sessions = {"main": self._session(main)}
+        self._maps_name = graph.cam_head_maps(proto) if self.box_maps == "low" else None
         self.is_open = True
 
     def _session(self, model: onnx.ModelProto) -> Any:
@@ -204,26 +215,45 @@ class OnnxRuntimeRunner(Runner):
         return dict(zip(names, session.run(names, {graph.INPUT_NAME: images}), strict=True))
 
     def _run(self, images: np.ndarray, features: bool, outputs: str) -> dict[str, np.ndarray]:
+        if "main" not in self._sessions:
+            raise CamdeployError("ort runner: call open() or use `with runner:` first")
+        if features and "features" not in self._output_names:
+            raise CamdeployError(f"MODEL {self.model_path}: has no features output, which evaluation needs "
+                                 "(the CAMs of classes outside the top T); re-export it with `camdeploy export`")
         names = list(graph.CLASS_OUTPUTS)
-        session = self._sessions.get("main")
-        if outputs == "classes" and session is not None:  # the classifier alone, without the CAM head
-            if "classes" not in self._sessions:
-                kept = [*graph.CLASS_OUTPUTS, *(["features"] if "features" in self._output_names else [])]
-                cut = graph.cut(graph.load(self.model_path), tuple(kept))
-                self._sessions["classes"] = self._session(cut)
-            session = self._sessions["classes"]
+        session = self._sessions["main"]
+        if outputs == "classes":  # the classifier alone, without the CAM head
+            session = self._cut_session("classes", ())
         elif self.box_source == "graph":
             names += [*graph.BOX_OUTPUTS, *(["cams"] if outputs == "all" else [])]
+        elif outputs == "boxes" and self._maps_name is not None:  # the raw maps, boxed on the host
+            session = self._cut_session("maps", (self._maps_name,))
+            names.append(self._maps_name)
         else:
             names.append("cams")
-        if features:
-            if "features" not in self._output_names:
-                raise CamdeployError(f"MODEL {self.model_path}: has no features output, which evaluation needs "
-                                     "(the CAMs of classes outside the top T); re-export it with `camdeploy export`")
-            names.append("features")
-        if session is None:
-            raise CamdeployError("ort runner: call open() or use `with runner:` first")
-        return self._fetch(session, names, images)
+        out = self._fetch(session, [*names, *(["features"] if features else [])], images)
+        if self._maps_name in out:
+            out["maps"] = out.pop(self._maps_name)
+        return out
+
+    def _cut_session(self, key: str, outputs: tuple[str, ...]) -> Any:
+        """A session of the graph cut to the classes, ``outputs`` and ``features`` (made when first
+        asked for), so that ONNX Runtime computes nothing else."""
+        if key not in self._sessions:
+            kept = (*graph.CLASS_OUTPUTS, *outputs, *(("features",) if "features" in self._output_names else ()))
+            self._sessions[key] = self._session(graph.cut(graph.load(self.model_path), kept))
+        return self._sessions[key]
+
+    @property
+    def uses_low_res_maps(self) -> bool:
+        """Whether ``outputs="boxes"`` boxes the raw low-resolution maps (once open)."""
+        return self._maps_name is not None and self.box_source == "host"
+
+    def _head_cams(self, maps: np.ndarray) -> np.ndarray:
+        if "head" not in self._sessions:
+            assert self._maps_name is not None
+            self._sessions["head"] = self._session(graph.cam_head(graph.load(self.model_path), self._maps_name))
+        return self._sessions["head"].run(["cams"], {self._maps_name: maps})[0]
 
     def class_weight(self) -> np.ndarray:
         """``W [K, C]``: the initializer the CAM head gathers class rows from (read when first asked)."""

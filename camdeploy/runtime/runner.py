@@ -13,6 +13,7 @@ from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec
 from camdeploy.runtime.boxes import cam_box, cam_boxes, check_threshold
 from camdeploy.runtime.images import Frame
+from camdeploy.runtime.map_boxes import exact_map_boxes
 from camdeploy.runtime.result import CamResult
 
 BOX_SOURCES = ("auto", "graph", "host")
@@ -54,8 +55,10 @@ class Runner(ABC):
     Subclasses implement :meth:`open`, :meth:`close`, :meth:`class_weight` and :meth:`_run`, which
     maps a preprocessed batch to the graph's outputs for an output set of :data:`OUTPUT_SETS`.
     Boxes are computed here, once for every backend, by :func:`camdeploy.runtime.boxes.cam_boxes`,
-    unless the backend returns the graph's ``boxes``; so are the boxes of any map the graph flags
-    as not exact (see :mod:`camdeploy.export.graph_boxes`).
+    or from the raw low-resolution maps by :func:`camdeploy.runtime.map_boxes.map_boxes` when only
+    boxes are asked for and the backend offers the maps, unless the backend returns the graph's
+    ``boxes``; so are the boxes of any map the graph flags as not exact (see
+    :mod:`camdeploy.export.graph_boxes`).
     """
 
     name = "runner"
@@ -89,8 +92,9 @@ class Runner(ABC):
     @abstractmethod
     def _run(self, images: np.ndarray, features: bool, outputs: str) -> dict[str, np.ndarray]:
         """``images float32 [N, 3, S_h, S_w]`` -> ``logits, classes, scores`` (+ ``features`` when
-        asked); for ``boxes`` and ``all`` also ``cams``, or ``boxes`` and ``boxes_exact`` from the
-        graph (then ``cams`` only for ``all``)."""
+        asked); for ``all`` also ``cams``; for ``boxes`` ``cams``, or the raw ``maps [N, T, h, w]``
+        (then :meth:`_head_cams` is needed); with graph boxes, ``boxes`` and ``boxes_exact`` (then
+        ``cams`` only for ``all``)."""
 
     @abstractmethod
     def class_weight(self) -> np.ndarray:
@@ -130,7 +134,15 @@ class Runner(ABC):
         return CamResult(out["logits"], out["classes"].astype(np.int64), out["scores"],
                          out.get("cams") if outputs == "all" else None, boxes, out.get("features"))
 
+    def _head_cams(self, maps: np.ndarray) -> np.ndarray:
+        """The graph's own CAMs ``[k, 1, S_h, S_w]`` of raw maps ``[k, 1, h, w]``, for a runner
+        whose :meth:`_run` returns ``maps`` (see :mod:`camdeploy.runtime.map_boxes`)."""
+        raise NotImplementedError(f"{self.name} runner: returns no low-resolution maps")
+
     def _boxes(self, images: np.ndarray, out: dict[str, np.ndarray]) -> np.ndarray:
+        if "maps" in out:  # the raw maps only: boxed without full-resolution CAMs where that is exact
+            size = (self.spec.input_height, self.spec.input_width)
+            return exact_map_boxes(out["maps"], size, self.box_threshold, self._head_cams, self.box_workers)
         if "boxes" not in out:
             return cam_boxes(out["cams"], self.box_threshold, self.box_workers)
         boxes = np.array(out["boxes"], dtype=np.float32)

@@ -45,8 +45,9 @@ def test_rows_for_every_backend_scope_and_batch(tiny, tmp_path):
     keys = {(r.backend, r.scope, r.stats.batch) for r in report.rows}
     for batch in (1, 2):
         assert {("torch", "model", batch), ("ort", "model", batch), ("ort [classes only]", "model", batch),
-                ("ort [no maps]", "model", batch), ("ort [graph boxes]", "model", batch),
-                ("torch", "end-to-end", batch), ("ort", "end-to-end", batch)} <= keys
+                ("ort [no maps]", "model", batch), ("ort [no maps, full-res]", "model", batch),
+                ("ort [graph boxes]", "model", batch), ("torch", "end-to-end", batch),
+                ("ort", "end-to-end", batch)} <= keys
     assert report.row("ort", "model", 1).box_source == "host"  # type: ignore[union-attr]
     assert report.row("ort [graph boxes]", "model", 1).box_source == "graph"  # type: ignore[union-attr]
     for row in report.rows:

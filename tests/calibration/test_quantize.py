@@ -196,3 +196,23 @@ def test_variants_keep_the_box_graph_float_and_exact(tiny, tmp_path, variant):
     cams, boxes, exact = session.run(["cams", "boxes", "boxes_exact"], {"images": x})
     assert exact.all()
     np.testing.assert_array_equal(boxes, cam_boxes(cams, 0.2))
+
+
+@pytest.mark.parametrize("variant", ["int8-tensorrt", "int8-cpu", "fp16", "fp16-head"])
+def test_variants_box_their_low_resolution_maps_exactly(tiny, tmp_path, variant):
+    """`outputs="boxes"` boxes the raw maps of the INT8 variants (their heads stay float32), with the
+    same boxes as the graph's CAMs give. FP16 variants are not recognised, and their CAMs are boxed:
+    their `cams` pass through float16 on the way out even when the head computes in float32."""
+    path, images = tiny
+    out = tmp_path / f"{variant}.onnx"
+    if variant.startswith("fp16"):
+        convert_fp16(path, out, keep_head_fp32=variant == "fp16")
+    else:
+        data = CalibrationData(images[:16], read_spec(str(path)), progress=False)
+        quantize_int8(path, out, data, Int8Config(target=variant.split("-")[1]))
+    x = np.random.default_rng(9).normal(size=(8, 3, *SIZE)).astype(np.float32)
+    with OnnxRuntimeRunner(out, box_source="host") as runner:
+        full = runner.infer(x)
+        low = runner.infer(x, outputs="boxes")
+        assert runner.uses_low_res_maps == variant.startswith("int8")
+    np.testing.assert_array_equal(low.boxes, full.boxes)
