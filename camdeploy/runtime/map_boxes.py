@@ -107,19 +107,21 @@ def _edges(rect: Sequence[int]) -> tuple[int, int, int, int]:
     return x, y, x + w, y + h
 
 
-def bracket(raw: np.ndarray, size: tuple[int, int], threshold: float, amplitude: float | None = None
-            ) -> tuple[np.ndarray, np.ndarray] | None:
+def bracket(raw: np.ndarray, size: tuple[int, int], threshold: float, amplitude: float | None = None,
+            margin_per_unit: float | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Masks ``certain`` and ``possible`` (``uint8 [S_h, S_w]``) between which the graph's mask of
     the raw map ``raw [h, w]`` (float32) upsampled to ``size = (S_h, S_w)`` lies, or None for a map
     the graph's normalisation decides (constant to rounding, or not finite). ``amplitude`` is
-    ``max |raw|``, when known."""
+    ``max |raw|`` and ``margin_per_unit`` the margin of amplitude 1, when known."""
     height, width = size
     amplitude = float(np.max(np.abs(raw))) if amplitude is None else amplitude
     if not np.isfinite(amplitude):
         return None
     up = cv2.resize(raw, (width, height), interpolation=cv2.INTER_LINEAR)
     low, high, _, _ = cv2.minMaxLoc(up)
-    margin = decision_margin(amplitude, raw.shape, size, threshold)
+    if margin_per_unit is None:
+        margin_per_unit = decision_margin(1.0, raw.shape, size, threshold)
+    margin = margin_per_unit * amplitude  # the margin is linear in the amplitude
     span = high - low
     if span <= 4 * margin:  # (nearly) constant: the graph's normalisation decides
         return None
@@ -129,12 +131,12 @@ def bracket(raw: np.ndarray, size: tuple[int, int], threshold: float, amplitude:
     return certain, possible
 
 
-def map_box(raw: np.ndarray, size: tuple[int, int], threshold: float, amplitude: float | None = None
-            ) -> tuple[int, int, int, int] | None:
+def map_box(raw: np.ndarray, size: tuple[int, int], threshold: float, amplitude: float | None = None,
+            margin_per_unit: float | None = None) -> tuple[int, int, int, int] | None:
     """The host rule's box on the graph's CAM of the raw map ``raw [h, w]`` (float32), upsampled to
     ``size = (S_h, S_w)``, or None when float32 rounding in the graph could decide it (see the
-    module's docstring). ``amplitude`` is ``max |raw|``, when known."""
-    masks = bracket(raw, size, threshold, amplitude)
+    module's docstring and :func:`bracket` for the optional arguments)."""
+    masks = bracket(raw, size, threshold, amplitude, margin_per_unit)
     if masks is None:
         return None
     certain, possible = masks
@@ -164,10 +166,11 @@ def map_boxes(maps: np.ndarray, size: tuple[int, int], threshold: float = 0.2, w
 
     with np.errstate(invalid="ignore"):
         amplitudes = np.abs(flat).max(axis=(1, 2)).tolist()
+    per_unit = decision_margin(1.0, maps.shape[2:], size, threshold)
 
     def work(start: int, stop: int) -> None:
         for m in range(start, stop):
-            box = map_box(flat[m], size, threshold, amplitudes[m])
+            box = map_box(flat[m], size, threshold, amplitudes[m], per_unit)
             if box is not None:
                 boxes[m], decided[m] = box, True
 
