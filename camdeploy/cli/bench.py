@@ -31,8 +31,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--e2e-repeats", type=int, default=5, help="end-to-end runs per row (default 5)")
     add_runner_options(p)
     p.add_argument("--no-torchcam", action="store_true", help="leave out the torchcam peer row")
-    p.add_argument("--no-variants", action="store_true", help="leave out the [no maps], [classes only] and "
-                   "other-box-source rows")
+    p.add_argument("--no-variants", action="store_true", help="leave out the [no maps], [classes only], "
+                   "[no maps, full-res] and other-box-source rows")
     p.add_argument("--json", type=Path, help="write the report as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of latency bars here (the 'plot' extra)")
     p.set_defaults(func=cmd_bench)

@@ -245,6 +245,10 @@ class OnnxRuntimeRunner(Runner):
         return self._sessions[key]
 
     @property
+    def computes_on_cpu(self) -> bool:  # type: ignore[override]
+        return self.provider == "cpu"
+
+    @property
     def uses_low_res_maps(self) -> bool:
         """Whether ``outputs="boxes"`` boxes the raw low-resolution maps (once open)."""
         return self._maps_name is not None and self.box_source == "host"

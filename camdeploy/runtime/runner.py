@@ -74,6 +74,9 @@ class Runner(ABC):
     """The exported file this runner runs, if any (the PyTorch reference runs a module)."""
     box_workers = 1
     """Threads that box a batch's maps on the host (see :func:`~camdeploy.runtime.boxes.cam_boxes`)."""
+    computes_on_cpu = True
+    """Whether the model runs on the CPU's cores, which image decoding then shares (see
+    :func:`camdeploy.runtime.pipeline.run_files`)."""
 
     def __init__(self, spec: ModelSpec, box_threshold: float | None = None):
         self.spec = spec

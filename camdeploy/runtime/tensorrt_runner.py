@@ -35,6 +35,7 @@ class TensorRTRunner(Runner):
     """
 
     name = "tensorrt"
+    computes_on_cpu = False
     model_path: Path
 
     def __init__(self, path: str | os.PathLike[str], options: EngineOptions = EngineOptions(),

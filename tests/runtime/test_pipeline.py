@@ -201,3 +201,21 @@ def test_a_large_jpeg_is_decoded_reduced_and_its_boxes_stay_in_original_pixels(t
     for x0, y0, x1, y1 in record["boxes"]:
         assert 0 <= x0 < x1 <= 2000 and 0 <= y0 < y1 <= 1500
     assert cv2.imread(str(tmp_path / "out" / "big_cam.png")).shape == (188, 250, 3)
+
+
+@pytest.mark.parametrize(("prefetch", "during"), [(2, 1), (0, 3)])
+def test_opencv_leaves_the_cores_to_the_model_while_the_loader_decodes(tiny, tmp_path, monkeypatch, prefetch, during):
+    path, _ = tiny
+    files = make_images(tmp_path / "images", 4)
+    seen = []
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        with OnnxRuntimeRunner(path) as runner:
+            real = runner.infer_images
+            monkeypatch.setattr(runner, "infer_images",
+                                lambda *args, **kw: (seen.append(cv2.getNumThreads()), real(*args, **kw))[1])
+            run_files(runner, files, tmp_path / "out", RunOptions(batch_size=2, progress=False, prefetch=prefetch))
+        assert seen == [during, during] and cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(previous)
