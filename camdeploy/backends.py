@@ -33,6 +33,9 @@ class RunnerOptions:
     """ONNX Runtime's execution provider: ``cpu``, ``cuda`` or ``tensorrt``."""
     int8: str = "auto"
     """How ONNX Runtime runs INT8 graphs (:mod:`camdeploy.runtime.int8`)."""
+    outputs: str = "all"
+    """The output set most calls will ask for (ONNX Runtime loads its graph first, others when
+    first asked for): ``run`` and the services ask for ``boxes``."""
     box_maps: str = "low"
     """Which maps ONNX Runtime's host boxes come from when no CAMs are asked for: ``low`` (the raw
     low-resolution maps) or ``full`` (the graph's CAMs); see :class:`OnnxRuntimeRunner`."""
@@ -95,4 +98,4 @@ def make_runner(backend: str, model: str | os.PathLike[str], options: RunnerOpti
 
     return OnnxRuntimeRunner(model, options.provider, options.threads, options.box_threshold, spec,
                              options.box_source, trt_batch=options.batch, int8=options.int8,
-                             box_maps=options.box_maps)
+                             box_maps=options.box_maps, outputs=options.outputs)

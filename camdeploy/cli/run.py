@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import Iterator
@@ -133,7 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                              "files or folders holding image files")
     for message in listing.warnings:
         warn(message)
-    runner = make_runner(args.backend, args.model, runner_options(args, args.batch_size))
+    # run asks for boxes only, unless overlays need the maps: the runner loads that graph first
+    chosen = dataclasses.replace(runner_options(args, args.batch_size), outputs="all" if args.overlays else "boxes")
+    runner = make_runner(args.backend, args.model, chosen)
     options = RunOptions(batch_size=args.batch_size, resize=args.resize, overlays=args.overlays,
                          progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite,
                          max_pixels=args.max_pixels, int8=args.int8)
@@ -184,5 +187,6 @@ def _run_on_ray(args: argparse.Namespace, runner: Runner, listing: Listing, opti
         where = "a private local cluster" if session.started else f"the cluster at {session.address}"
         pool = f"{actors} actor{'s' if actors > 1 else ''} x {batch.threads} thread{'s' if batch.threads > 1 else ''}"
         print(f"camdeploy run: Ray: {where}, {session.cpus} CPUs; {pool}", file=sys.stderr)
-        summary = run_on_ray(runner, listing, args.out, options, batch, runner_options(args, args.batch_size))
+        summary = run_on_ray(runner, listing, args.out, options, batch,
+                             dataclasses.replace(runner_options(args, args.batch_size), outputs="boxes"))
     return summary, f", engine ray: {pool}"

@@ -63,7 +63,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            max_pixels=args.max_pixels, resize=args.resize, name=args.name)
     options.check()
     import_ray()
-    runner_options = RunnerOptions(box_threshold=args.box_threshold, box_source=args.box_source, int8=args.int8)
+    runner_options = RunnerOptions(box_threshold=args.box_threshold, box_source=args.box_source, int8=args.int8,
+                                   outputs="boxes")
     with make_runner("ort", args.model, runner_options) as runner:  # a bad model stops here, before any cluster
         execution = runner.execution
     with ray_session(RayOptions(address=args.address)) as session:

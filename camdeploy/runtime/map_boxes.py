@@ -16,8 +16,8 @@ rule's. When they differ, the box is still decided if the largest component of `
 unique) grows, in ``possible``, into a component with the same bounding box and less than twice its
 area, and every other component of ``possible`` is smaller than ``C``: whatever the undecided
 pixels do, the graph's largest component contains ``C``, has that box and nothing can outgrow it.
-Otherwise (about 1 map in 60) the map is not decided, and the caller runs the graph's own head on
-those maps alone (:func:`camdeploy.graph.cam_head`) and boxes its CAMs.
+Otherwise (8 of the 3,495 maps of the dev images) the map is not decided, and the caller runs the
+graph's own head on those maps alone (:func:`camdeploy.graph.cam_head`) and boxes its CAMs.
 
 **The margin.** With ``u = 2**-24``, ``A`` the largest magnitude of the map, and ``eps`` the error
 of a float32 source coordinate (zero when the upsampling factor is a power of two, as 7 -> 224 is:

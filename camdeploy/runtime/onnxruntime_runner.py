@@ -15,7 +15,7 @@ from camdeploy import graph
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec, read_spec
 from camdeploy.runtime.int8 import INT8_MODES, plan_for
-from camdeploy.runtime.runner import Runner, resolve_box_source
+from camdeploy.runtime.runner import OUTPUT_SETS, Runner, resolve_box_source
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -75,6 +75,10 @@ class OnnxRuntimeRunner(Runner):
         box_source: ``graph`` (the graph's ``boxes`` output), ``host`` (OpenCV; the box nodes are
             then cut from the graph before loading, so that they cost nothing) or ``auto``
             (default): the faster of the two for the provider, :data:`GRAPH_BOXES_FASTER`.
+        outputs: the output set (:data:`~camdeploy.runtime.runner.OUTPUT_SETS`) most calls will ask
+            for: :meth:`open` loads the graph that computes it (``run`` asks for ``boxes``), and the
+            graphs of other sets are loaded when first asked for (each costs memory: about 130 MB
+            for Lite0).
         box_maps: with host boxes, which maps the ``boxes`` output set boxes: ``low`` (default):
             the raw low-resolution maps, so that the graph neither upsamples nor copies out
             full-resolution CAMs (exact: see :mod:`camdeploy.runtime.map_boxes`; a head this does not
@@ -89,7 +93,8 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, path: str | os.PathLike[str], provider: str = "cpu", threads: int | None = None,
                  box_threshold: float | None = None, spec: ModelSpec | None = None, box_source: str = "auto",
-                 trt_batch: tuple[int, int, int] = (1, 8, 32), int8: str = "auto", box_maps: str = "low"):
+                 trt_batch: tuple[int, int, int] = (1, 8, 32), int8: str = "auto", box_maps: str = "low",
+                 outputs: str = "all"):
         self.model_path = Path(path)
         super().__init__(spec or read_spec(self.model_path), box_threshold)
         if provider not in PROVIDERS:
@@ -100,8 +105,11 @@ class OnnxRuntimeRunner(Runner):
             raise CamdeployError(f"--int8 {int8!r}: expected one of {', '.join(INT8_MODES)}")
         if box_maps not in BOX_MAPS:
             raise CamdeployError(f"box_maps {box_maps!r}: expected one of {', '.join(BOX_MAPS)}")
+        if outputs not in OUTPUT_SETS:
+            raise CamdeployError(f"outputs {outputs!r}: expected one of {', '.join(OUTPUT_SETS)}")
         self.provider = provider
         self.box_maps = box_maps
+        self.outputs = outputs
         self._maps_name: str | None = None
         self.threads = threads
         self.box_workers = threads or usable_cpus()
@@ -132,10 +140,34 @@ class OnnxRuntimeRunner(Runner):
             self.box_source_choice, has_graph_boxes=self._has_graph_boxes,
             prefer_graph=GRAPH_BOXES_FASTER[self.provider], own_threshold=self.box_threshold == self.spec.box_threshold,
             model=self.model_path)
-        main = graph.without_boxes(proto) if self._has_graph_boxes and self.box_source == "host" else proto
-        self._sessions = {"main": self._session(main)}
         self._maps_name = graph.cam_head_maps(proto) if self.box_maps == "low" else None
+        self._sessions = {}
+        self._session_for(self._session_key(self.outputs), proto)  # a model ONNX Runtime refuses stops here
         self.is_open = True
+
+    def _session_key(self, outputs: str) -> str:
+        """Which session computes an output set (see :meth:`_session_for`)."""
+        if outputs == "classes":
+            return "classes"
+        return "maps" if outputs == "boxes" and self.uses_low_res_maps else "main"
+
+    def _session_for(self, key: str, proto: onnx.ModelProto | None = None) -> Any:
+        """The session ``key``, made when first asked for, so that ONNX Runtime computes nothing
+        else: ``main`` the whole graph (without its box nodes when boxes come from the host),
+        ``classes`` the graph cut before the CAM head, ``maps`` cut at the raw low-resolution maps
+        (both keep ``features``), ``head`` the CAM head alone."""
+        if key not in self._sessions:
+            proto = proto or graph.load(self.model_path)
+            if key == "main":
+                model = graph.without_boxes(proto) if self._has_graph_boxes and self.box_source == "host" else proto
+            elif key == "head" and self._maps_name is not None:
+                model = graph.cam_head(proto, self._maps_name)
+            else:
+                maps = (self._maps_name,) if key == "maps" and self._maps_name is not None else ()
+                features = ("features",) if "features" in self._output_names else ()
+                model = graph.cut(proto, (*graph.CLASS_OUTPUTS, *maps, *features))
+            self._sessions[key] = self._session(model)
+        return self._sessions[key]
 
     def _session(self, model: onnx.ModelProto) -> Any:
         ort = import_onnxruntime()
@@ -196,7 +228,7 @@ class OnnxRuntimeRunner(Runner):
 
     @property
     def active_providers(self) -> list[str]:
-        session = self._sessions.get("main")
+        session = next(iter(self._sessions.values()), None)
         return list(session.get_providers()) if session else []
 
     def box_sources(self) -> tuple[str, ...]:
@@ -206,43 +238,32 @@ class OnnxRuntimeRunner(Runner):
 
     def run_outputs(self, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
         """The named graph outputs for a preprocessed batch, with no post-processing."""
-        if "main" not in self._sessions:
+        if not self.is_open:
             raise CamdeployError("ort runner: call open() or use `with runner:` first")
-        return self._fetch(self._sessions["main"], names, images)
+        return self._fetch(self._session_for("main"), names, images)
 
     def _fetch(self, session: Any, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
         """One ``session.run``: the named outputs of a preprocessed batch."""
         return dict(zip(names, session.run(names, {graph.INPUT_NAME: images}), strict=True))
 
     def _run(self, images: np.ndarray, features: bool, outputs: str) -> dict[str, np.ndarray]:
-        if "main" not in self._sessions:
+        if not self.is_open:
             raise CamdeployError("ort runner: call open() or use `with runner:` first")
         if features and "features" not in self._output_names:
             raise CamdeployError(f"MODEL {self.model_path}: has no features output, which evaluation needs "
                                  "(the CAMs of classes outside the top T); re-export it with `camdeploy export`")
+        key = self._session_key(outputs)
         names = list(graph.CLASS_OUTPUTS)
-        session = self._sessions["main"]
-        if outputs == "classes":  # the classifier alone, without the CAM head
-            session = self._cut_session("classes", ())
-        elif self.box_source == "graph":
+        if key == "maps":  # the raw maps, boxed on the host
+            names.append(str(self._maps_name))
+        elif key == "main" and self.box_source == "graph":
             names += [*graph.BOX_OUTPUTS, *(["cams"] if outputs == "all" else [])]
-        elif outputs == "boxes" and self._maps_name is not None:  # the raw maps, boxed on the host
-            session = self._cut_session("maps", (self._maps_name,))
-            names.append(self._maps_name)
-        else:
+        elif key == "main":
             names.append("cams")
-        out = self._fetch(session, [*names, *(["features"] if features else [])], images)
+        out = self._fetch(self._session_for(key), [*names, *(["features"] if features else [])], images)
         if self._maps_name in out:
             out["maps"] = out.pop(self._maps_name)
         return out
-
-    def _cut_session(self, key: str, outputs: tuple[str, ...]) -> Any:
-        """A session of the graph cut to the classes, ``outputs`` and ``features`` (made when first
-        asked for), so that ONNX Runtime computes nothing else."""
-        if key not in self._sessions:
-            kept = (*graph.CLASS_OUTPUTS, *outputs, *(("features",) if "features" in self._output_names else ()))
-            self._sessions[key] = self._session(graph.cut(graph.load(self.model_path), kept))
-        return self._sessions[key]
 
     @property
     def computes_on_cpu(self) -> bool:  # type: ignore[override]
@@ -254,10 +275,7 @@ class OnnxRuntimeRunner(Runner):
         return self._maps_name is not None and self.box_source == "host"
 
     def _head_cams(self, maps: np.ndarray) -> np.ndarray:
-        if "head" not in self._sessions:
-            assert self._maps_name is not None
-            self._sessions["head"] = self._session(graph.cam_head(graph.load(self.model_path), self._maps_name))
-        return self._sessions["head"].run(["cams"], {self._maps_name: maps})[0]
+        return self._session_for("head").run(["cams"], {self._maps_name: maps})[0]
 
     def class_weight(self) -> np.ndarray:
         """``W [K, C]``: the initializer the CAM head gathers class rows from (read when first asked)."""

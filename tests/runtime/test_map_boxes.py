@@ -177,3 +177,20 @@ def test_box_maps_full_and_unrecognised_heads_use_the_graphs_cams(tiny, tmp_path
     with pytest.raises(Exception, match="box_maps 'half'"):
         OnnxRuntimeRunner(path, box_maps="half")
     assert boxes.shape == (3, 3, 4)
+
+
+def test_open_loads_the_graph_of_the_expected_outputs_only(tiny):
+    path, _ = tiny
+    x = np.random.default_rng(6).normal(size=(2, 3, *SIZE)).astype(np.float32)
+    with OnnxRuntimeRunner(path, outputs="boxes") as runner:
+        assert set(runner._sessions) == {"maps"}  # what `run` asks for; the whole graph is not loaded
+        runner.infer(x, outputs="boxes")
+        assert set(runner._sessions) == {"maps"}
+        runner.infer(x)  # another output set: its graph is loaded when first asked for
+        assert set(runner._sessions) == {"maps", "main"}
+    with OnnxRuntimeRunner(path) as runner:
+        assert set(runner._sessions) == {"main"}
+    with OnnxRuntimeRunner(path, outputs="classes") as runner:
+        assert set(runner._sessions) == {"classes"}
+    with pytest.raises(Exception, match="outputs 'cams'"):
+        OnnxRuntimeRunner(path, outputs="cams")
