@@ -10,7 +10,9 @@ Scopes:
   graph's full-resolution CAMs instead of the low-resolution maps (ONNX Runtime: what the
   low-resolution path saves); ``[graph boxes]`` / ``[host boxes]``: the other box source, when the
   model has both; ``[device clock]``: the backend's own clock (CUDA events), when it has one.
-  Rows of one batch size take turns repeat by repeat, so that their ratios survive a noisy machine.
+  Rows of one batch size take turns repeat by repeat, so that their ratios survive a noisy machine,
+  in an order shuffled from repeat to repeat, with a pause after each PyTorch call (its threads
+  keep spinning after it returns; see :func:`camdeploy.bench.timing.time_interleaved`).
 * ``end-to-end``: image files in, ``results.jsonl`` out (``camdeploy run``'s path: read, resize,
   normalise, infer, boxes, write); latency per image is the run's time divided by its images.
 
@@ -272,7 +274,8 @@ def _model_rows(main: dict[str, Runner], others: dict[str, Runner], peer: Callab
     if peer is not None:
         calls["torchcam"] = partial(peer, x)
     say(f"model scope, batch {batch}: {', '.join(calls)}, taking turns")
-    timed = time_interleaved(calls, warmup=options.warmup, repeats=options.repeats, clock=clock, cpu_clock=cpu_clock)
+    timed = time_interleaved(calls, warmup=options.warmup, repeats=options.repeats, clock=clock, cpu_clock=cpu_clock,
+                             settle_after={REFERENCE, "torchcam"})
     rows = []
     for name, timings in timed.items():
         described = describe.get(name)

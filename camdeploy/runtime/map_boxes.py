@@ -23,10 +23,11 @@ graph's own head on those maps alone (:func:`camdeploy.graph.cam_head`) and boxe
 of a float32 source coordinate (zero when the upsampling factor is a power of two, as 7 -> 224 is:
 every coordinate and weight is then exact; ``4 u (h + 1)`` otherwise), one float32 bilinear
 upsampling is within ``e = (12 u + 2 (eps_y + eps_x)) A`` of the exact one (two passes of two
-products and a sum, plus the weights' error times a difference of at most ``2 A``). The graph's and
-the host's values, minima and maxima are each within ``e``; the level moves by at most
-``(1 + tau) 2 e`` for each side, and the graph's subtraction and division by ``4 u span <= 8 u A``.
-So ``E = (2 + 2 tau) 2 e + 8 u A``. Measured disagreement on the dev maps: 6.4 ``u A`` for ONNX
+products and a sum, plus the weights' error times a difference of at most ``2 A``). In one such
+computation a pixel's value is off by at most ``e`` and the level ``min + tau * span`` by at most
+``(1 + 2 tau) e``, so the comparison moves by ``(2 + 2 tau) e``; the graph and the host are two such
+computations, and the graph's subtraction and division add ``4 u span <= 8 u A``. So
+``E = (2 + 2 tau) 2 e + 8 u A``. Measured disagreement on the dev maps: 6.4 ``u A`` for ONNX
 Runtime's normalised maps, 2.2 ``u A`` for OpenCV's upsampling, against ``E`` of 66 ``u A``.
 """
 

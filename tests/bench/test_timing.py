@@ -69,10 +69,15 @@ def test_interleaved_timing_takes_turns():
             now[0] += seconds
         return fn
 
-    timings = time_interleaved({"a": work("a", 1.0), "b": work("b", 3.0)}, warmup=1, repeats=2, clock=clock,
-                               cpu_clock=clock)
-    assert order == ["a", "b", "a", "b", "a", "b"]
-    assert {name: t.wall for name, t in timings.items()} == {"a": [1.0, 1.0], "b": [3.0, 3.0]}
-    assert timings["b"].cpu == [3.0, 3.0]
+    slept = []
+    timings = time_interleaved({"a": work("a", 1.0), "b": work("b", 3.0), "c": work("c", 2.0)}, warmup=1,
+                               repeats=40, clock=clock, cpu_clock=clock, settle_after={"b"}, sleep=slept.append)
+    assert order[:3] == ["a", "b", "c"]  # the warm-up
+    turns = [order[i:i + 3] for i in range(3, len(order), 3)]
+    assert len(turns) == 40 and all(sorted(turn) == ["a", "b", "c"] for turn in turns)  # every repeat: each once
+    assert {turn[0] for turn in turns} == {"a", "b", "c"}  # the order changes: none always follows another
+    assert slept == [0.05] * 40  # the untimed pause after each timed call of "b"
+    assert {name: set(t.wall) for name, t in timings.items()} == {"a": {1.0}, "b": {3.0}, "c": {2.0}}
+    assert timings["b"].cpu == [3.0] * 40
     with pytest.raises(ValueError):
         time_interleaved({"a": lambda: None}, warmup=0, repeats=0)

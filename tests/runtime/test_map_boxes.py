@@ -194,3 +194,16 @@ def test_open_loads_the_graph_of_the_expected_outputs_only(tiny):
         assert set(runner._sessions) == {"classes"}
     with pytest.raises(Exception, match="outputs 'cams'"):
         OnnxRuntimeRunner(path, outputs="cams")
+
+
+def test_the_head_alone_computes_the_graphs_own_cams(tiny, head):
+    """Maps the host leaves undecided are boxed on the head's CAMs: they must be the whole graph's,
+    bit for bit, one map at a time or all together."""
+    path, _ = tiny
+    x = np.random.default_rng(7).normal(size=(6, 3, *SIZE)).astype(np.float32)
+    with OnnxRuntimeRunner(path, box_source="host") as runner:
+        cams = runner.infer(x).cams
+        maps = runner._run(x, False, "boxes")["maps"]
+    np.testing.assert_array_equal(head(maps), cams)
+    one_by_one = head(maps.reshape(-1, 1, *maps.shape[2:])).reshape(cams.shape)
+    np.testing.assert_array_equal(one_by_one, cams)
