@@ -142,10 +142,10 @@ def map_box(raw: np.ndarray, size: tuple[int, int], threshold: float, amplitude:
         return None
     certain, possible = masks
     area, possible_area = cv2.countNonZero(certain), cv2.countNonZero(possible)
+    if area == 0:  # nothing certain: the graph's rounding could decide every pixel
+        return None
     if area == possible_area:
         return mask_box(certain)
-    if area == 0:
-        return None
     return _certified_box(certain, possible, area, possible_area)
 
 
