@@ -291,3 +291,24 @@ def test_a_folder_of_good_and_bad_files(user_model_dir, capsys):
     assert manifest["counts"] == {"listed": 30, "processed": 21, "previously": 0, "skipped": 12, "remaining": 0}
     assert main(["run", "u.onnx", "mixed", "--out", "out2", "--no-progress", "--max-pixels", "50000",
                  "--allow-partial"]) == 0
+
+
+def test_a_closed_output_pipe_ends_quietly_with_141():
+    """`camdeploy ... | head`: the reader goes away before the output ends; no traceback."""
+    program = textwrap.dedent("""
+        import sys
+        from camdeploy.cli import info, main
+        def endless(args):
+            for _ in range(200000):
+                print("line of a long report " * 4)
+            return 0
+        info.cmd_info = endless
+        sys.exit(main(["info", "model.onnx"]))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.readline()
+    process.stdout.close()  # as `head -1` does
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
