@@ -418,23 +418,23 @@ def test_bad_model_is_one_line_and_exit_1(host, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith(f"camdeploy-host: error: MODEL {model}: {reason}"), done.stderr
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    ((), "expected MODEL.onnx and at least one IMAGE_OR_DIR, got 0 arguments"),
-    (("MODEL",), "expected MODEL.onnx and at least one IMAGE_OR_DIR, got 1 arguments"),
-    (("MODEL", "IMAGE", "--batch-size", "0"), "--batch-size '0': expected an integer from 1 to 512"),
-    (("MODEL", "IMAGE", "--batch-size=many"), "--batch-size 'many': expected an integer from 1 to 512"),
-    (("MODEL", "IMAGE", "--threads", "-1"), "--threads '-1': expected an integer from 1 to 1024"),
-    (("MODEL", "IMAGE", "--threads"), "--threads: expected a value, an integer from 1 to 1024"),
-    (("MODEL", "IMAGE", "--out", "x"), "unknown option '--out'"),
-    (("MODEL", "nowhere/"), "INPUT nowhere/: no such file or folder"),
-    (("MODEL", "empty"), "INPUT empty: no images found"),
+@pytest.mark.parametrize(("arguments", "message", "status"), [
+    ((), "expected MODEL.onnx and at least one IMAGE_OR_DIR, got 0 arguments", 2),
+    (("MODEL",), "expected MODEL.onnx and at least one IMAGE_OR_DIR, got 1 arguments", 2),
+    (("MODEL", "IMAGE", "--batch-size", "0"), "--batch-size '0': expected an integer from 1 to 512", 2),
+    (("MODEL", "IMAGE", "--batch-size=many"), "--batch-size 'many': expected an integer from 1 to 512", 2),
+    (("MODEL", "IMAGE", "--threads", "-1"), "--threads '-1': expected an integer from 1 to 1024", 2),
+    (("MODEL", "IMAGE", "--threads"), "--threads: expected a value, an integer from 1 to 1024", 2),
+    (("MODEL", "IMAGE", "--out", "x"), "unknown option '--out'", 2),
+    (("MODEL", "nowhere/"), "INPUT nowhere/: no such file or folder", 1),  # as `camdeploy run` exits
+    (("MODEL", "empty"), "INPUT empty: no images found", 1),
 ])
-def test_bad_arguments_are_one_line_and_exit_2(host, tmp_path, arguments, message):
+def test_bad_arguments_and_inputs_are_one_line(host, tmp_path, arguments, message, status):
     tiny_model(tmp_path / "MODEL")
     (tmp_path / "IMAGE").write_bytes(b"")
     (tmp_path / "empty").mkdir()
     done = run_host(host, *arguments, cwd=tmp_path)
-    assert done.returncode == 2 and done.stdout == ""
+    assert done.returncode == status and done.stdout == ""
     lines = stderr_lines(done)
     assert len(lines) == 1 and lines[0].startswith("camdeploy-host: error: " + message), done.stderr
 

@@ -286,7 +286,7 @@ std::vector<std::string> list_images(const std::vector<std::string>& inputs) {
     } else if (fs::exists(path, error)) {
       found.push_back(path);
     } else {
-      throw UsageError("INPUT " + item + ": no such file or folder");
+      throw HostError("INPUT " + item + ": no such file or folder");  // exit 1, as camdeploy run
     }
   }
   if (found.empty()) {
@@ -294,7 +294,7 @@ std::vector<std::string> list_images(const std::vector<std::string>& inputs) {
     for (const std::string& item : inputs) joined += (joined.empty() ? "" : " ") + item;
     std::string suffixes;
     for (const std::string& suffix : kImageSuffixes) suffixes += (suffixes.empty() ? "" : ", ") + suffix;
-    throw UsageError("INPUT " + joined + ": no images found; expected files or folders holding " + suffixes +
+    throw HostError("INPUT " + joined + ": no images found; expected files or folders holding " + suffixes +
                      " files");
   }
   return found;
