@@ -57,7 +57,8 @@ def compare_models(reference: str | Path, candidate: str | Path, paths: Sequence
     same: list[np.ndarray] = []
     ious: list[float] = []
     loader = image_batches(paths, spec, BatchOptions(batch_size=batch_size), on_skip=lambda path, reason: None)
-    with OnnxRuntimeRunner(reference, spec=spec) as base, OnnxRuntimeRunner(candidate, spec=spec) as quantized:
+    with OnnxRuntimeRunner(reference, spec=spec, outputs="boxes") as base, \
+            OnnxRuntimeRunner(candidate, spec=spec, outputs="boxes") as quantized:
         for batch in loader:  # (an unreadable image is left out; the draw reported it)
             x = batch.tensors
             a, b = base.infer(x, outputs="boxes"), quantized.infer(x, outputs="boxes")
