@@ -111,6 +111,7 @@ class OnnxRuntimeRunner(Runner):
         self.box_maps = box_maps
         self.outputs = outputs
         self._maps_name: str | None = None
+        self._head: onnx.ModelProto | None = None
         self.threads = threads
         self.box_workers = threads or usable_cpus()
         self.box_source_choice = box_source
@@ -141,6 +142,7 @@ class OnnxRuntimeRunner(Runner):
             prefer_graph=GRAPH_BOXES_FASTER[self.provider], own_threshold=self.box_threshold == self.spec.box_threshold,
             model=self.model_path)
         self._maps_name = graph.cam_head_maps(proto) if self.box_maps == "low" else None
+        self._head = graph.cam_head(proto, self._maps_name) if self._maps_name is not None else None
         self._sessions = {}
         self._session_for(self._session_key(self.outputs), proto)  # a model ONNX Runtime refuses stops here
         self.is_open = True
@@ -156,20 +158,26 @@ class OnnxRuntimeRunner(Runner):
         else: ``main`` the whole graph (without its box nodes when boxes come from the host),
         ``classes`` the graph cut before the CAM head, ``maps`` cut at the raw low-resolution maps
         (both keep ``features``), ``head`` the CAM head alone."""
-        if key not in self._sessions:
-            proto = proto or graph.load(self.model_path)
-            if key == "main":
-                model = graph.without_boxes(proto) if self._has_graph_boxes and self.box_source == "host" else proto
-            elif key == "head" and self._maps_name is not None:
-                model = graph.cam_head(proto, self._maps_name)
-            else:
-                maps = (self._maps_name,) if key == "maps" and self._maps_name is not None else ()
-                features = ("features",) if "features" in self._output_names else ()
-                model = graph.cut(proto, (*graph.CLASS_OUTPUTS, *maps, *features))
-            self._sessions[key] = self._session(model)
+        if key in self._sessions:
+            return self._sessions[key]
+        if key == "head":  # cut at open(): a few kB, where reloading the file would take its weights
+            if self._head is None:
+                raise CamdeployError(f"MODEL {self.model_path}: no CAM head this runner can run alone")
+            self._sessions[key] = self._session(self._head, light=True)
+            return self._sessions[key]
+        proto = proto or graph.load(self.model_path)
+        if key == "main":
+            model = graph.without_boxes(proto) if self._has_graph_boxes and self.box_source == "host" else proto
+        else:
+            maps = (self._maps_name,) if key == "maps" and self._maps_name is not None else ()
+            features = ("features",) if "features" in self._output_names else ()
+            model = graph.cut(proto, (*graph.CLASS_OUTPUTS, *maps, *features))
+        self._sessions[key] = self._session(model)
         return self._sessions[key]
 
-    def _session(self, model: onnx.ModelProto) -> Any:
+    def _session(self, model: onnx.ModelProto, light: bool = False) -> Any:
+        """An ONNX Runtime session of ``model``; ``light``: one thread and no memory arena, for a
+        small graph that runs rarely (each arena and thread pool costs memory for the whole run)."""
         ort = import_onnxruntime()
         wanted = PROVIDERS[self.provider]
         if wanted not in ort.get_available_providers():
@@ -180,8 +188,11 @@ class OnnxRuntimeRunner(Runner):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = self.threads or usable_cpus()
+        options.intra_op_num_threads = 1 if light else self.threads or usable_cpus()
         options.inter_op_num_threads = 1
+        if light:
+            options.enable_cpu_mem_arena = False
+            options.enable_mem_pattern = False
         options.log_severity_level = 3
         # Idle threads stop spinning when a run ends: between runs they would take the CPU from the
         # image loader (which prepares the next batch meanwhile) and from other sessions.

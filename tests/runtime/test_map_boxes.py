@@ -204,6 +204,8 @@ def test_the_head_alone_computes_the_graphs_own_cams(tiny, head):
     with OnnxRuntimeRunner(path, box_source="host") as runner:
         cams = runner.infer(x).cams
         maps = runner._run(x, False, "boxes")["maps"]
+        own = runner._head_cams(maps.reshape(-1, 1, *maps.shape[2:]))  # the runner's light session
     np.testing.assert_array_equal(head(maps), cams)
     one_by_one = head(maps.reshape(-1, 1, *maps.shape[2:])).reshape(cams.shape)
     np.testing.assert_array_equal(one_by_one, cams)
+    np.testing.assert_array_equal(own.reshape(cams.shape), cams)
