@@ -40,6 +40,21 @@ def threshold_mask(cams: np.ndarray, threshold: float, peaks: np.ndarray | float
     return (cams >= levels[..., None, None]).view(np.uint8)
 
 
+def components(mask: np.ndarray) -> int:
+    """How many 8-connected components a ``uint8`` mask has.
+
+    Counted from the components' outer borders (OpenCV's border following, Suzuki and Abe 1985:
+    8-connected foreground, 4-connected background; ``RETR_CCOMP`` puts every outer border at the
+    top level, holes at the second, a component inside a hole at the top again), which costs a
+    fraction of labelling every pixel on a mask of a few blobs: about 20 us against 40 to 90 us on
+    the 224 x 224 masks of the dev maps. The mask is padded with a zero border first, so that
+    foreground on its edge is traced like any other.
+    """
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    _, hierarchy = cv2.findContours(padded, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    return 0 if hierarchy is None else int(np.count_nonzero(hierarchy[0][:, 3] == -1))
+
+
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """``x0, y0, x1, y1`` of the largest 8-connected component of a ``uint8`` mask (ties: first
     pixel in raster order); the whole frame for an empty mask."""
@@ -50,10 +65,10 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     # Labelling costs in proportion to the pixels: label the mask's bounding rectangle only (the
     # raster order of pixels inside it is theirs in the whole mask).
     crop = mask[top:top + h, left:left + w]
+    if components(crop) == 1:  # most maps: the component's box is the mask's
+        return left, top, left + w, top + h
     # connectedComponents without stats: OpenCV's statistics cost about 5x the labelling itself.
     count, labels = cv2.connectedComponents(crop, connectivity=8, ltype=cv2.CV_32S)
-    if count == 2:  # one component (most maps): its box is the mask's
-        return left, top, left + w, top + h
     areas = np.bincount(labels.ravel(), minlength=count)[1:]
     tied = 1 + np.flatnonzero(areas == areas.max())
     if len(tied) == 1:

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from camdeploy.errors import CamdeployError
-from camdeploy.runtime.boxes import cam_boxes, check_threshold, mask_box, split_work
+from camdeploy.runtime.boxes import cam_boxes, check_threshold, components, mask_box, split_work
 
 UNIT = 2.0 ** -24
 """Unit roundoff of float32."""
@@ -80,10 +80,11 @@ def _certified_box(certain: np.ndarray, possible: np.ndarray, area: int, possibl
     """The box every mask between ``certain`` and ``possible`` gets from the rule, or None."""
     rect = cv2.boundingRect(certain)
     left, top, w, h = rect
-    count, labels = cv2.connectedComponents(certain[top:top + h, left:left + w], connectivity=8, ltype=cv2.CV_32S)
-    if count == 2:  # `certain` is one component C (most maps): a component of undecided pixels alone
-        # is smaller than C when they are fewer than C's pixels, and C's box stays if they lie in it.
+    if components(certain[top:top + h, left:left + w]) == 1:  # `certain` is one component C (most maps):
+        # a component of undecided pixels alone is smaller than C when they are fewer than C's
+        # pixels, and C's box stays if they lie in it.
         return _edges(rect) if possible_area - area < area and cv2.boundingRect(possible) == rect else None
+    count, labels = cv2.connectedComponents(certain[top:top + h, left:left + w], connectivity=8, ltype=cv2.CV_32S)
     full = np.zeros(certain.shape, dtype=np.int32)
     full[top:top + h, left:left + w] = labels
     areas = np.bincount(labels.ravel(), minlength=count)[1:]

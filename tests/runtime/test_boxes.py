@@ -10,6 +10,7 @@ import pytest
 
 from camdeploy.errors import CamdeployError
 from camdeploy.runtime.boxes import cam_box, cam_boxes
+from camdeploy.runtime.boxes import components as count_components
 
 
 def components(mask: np.ndarray) -> list[tuple[int, int, list[int]]]:
@@ -266,3 +267,20 @@ def test_threads_give_the_same_boxes():
     before = cv2.getNumThreads()  # OpenCV's own thread setting is restored
     cam_boxes(cams, 0.2, workers=2)
     assert cv2.getNumThreads() == before
+
+
+def test_components_counts_like_labelling_on_edges_holes_and_noise():
+    def labelled(mask):
+        return cv2.connectedComponents(mask, connectivity=8)[0] - 1
+
+    ring = np.zeros((9, 9), dtype=np.uint8)
+    ring[1:8, 1:8], ring[2:7, 2:7], ring[4, 4] = 1, 0, 1  # a dot inside a ring's hole: 2 components
+    corners = np.zeros((5, 6), dtype=np.uint8)
+    corners[0, 0] = corners[4, 5] = corners[0, 5] = 1  # single pixels on the edges
+    diagonal = np.eye(6, dtype=np.uint8)  # 8-connected only through corners: 1 component
+    cases = [ring, corners, diagonal, np.zeros((4, 4), np.uint8), np.ones((3, 7), np.uint8)]
+    rng = np.random.default_rng(3)
+    cases += [(rng.random((rng.integers(1, 40), rng.integers(1, 40))) < p).astype(np.uint8)
+              for p in (0.1, 0.3, 0.5, 0.7, 0.9) for _ in range(40)]
+    assert [count_components(c) for c in cases[:4]] == [2, 3, 1, 0]
+    assert [count_components(c) for c in cases] == [labelled(c) for c in cases]
