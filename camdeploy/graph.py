@@ -94,6 +94,8 @@ def cam_head_maps(model: onnx.ModelProto) -> str | None:
 
     def made_by(name: str, op_type: str) -> onnx.NodeProto | None:
         node = producers.get(name)
+        while node is not None and node.op_type == "Identity":  # an FP16 variant's float32 head has some
+            node = producers.get(node.input[0])
         return node if node is not None and node.op_type == op_type else None
 
     if "cams" not in outputs or outputs["cams"].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
@@ -102,7 +104,7 @@ def cam_head_maps(model: onnx.ModelProto) -> str | None:
     sub = made_by(div.input[0], "Sub") if div is not None else None
     resize = made_by(sub.input[0], "Resize") if sub is not None else None
     low = made_by(sub.input[1], "ReduceMin") if sub is not None else None
-    if resize is None or low is None or low.input[0] != resize.output[0]:
+    if resize is None or low is None or made_by(low.input[0], "Resize") is not resize:
         return None
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in resize.attribute}
     if (attributes.get("mode") != b"linear" or attributes.get("coordinate_transformation_mode") != b"half_pixel"

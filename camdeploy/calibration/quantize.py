@@ -257,6 +257,34 @@ def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationD
     return output
 
 
+def _without_float16_round_trips(model: onnx.ModelProto, float32_nodes: set[str]) -> onnx.ModelProto:
+    """Drop the ``Cast`` to float16 and back that the converter puts after every float32 node, on
+    its way to the next float32 node or to a graph output (``keep_io_types``): the float32 heads
+    (CAMs, scores, boxes) would otherwise compute in float16's precision between every two nodes.
+    The second ``Cast`` becomes an ``Identity`` of the float32 tensor (ONNX Runtime and TensorRT
+    remove those); the first goes when nothing else reads it."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    def cast_to(node: onnx.NodeProto | None, element: int) -> bool:
+        return (node is not None and node.op_type == "Cast"
+                and any(a.name == "to" and a.i == element for a in node.attribute))
+
+    for node in model.graph.node:
+        first = producers.get(node.input[0]) if node.input else None
+        if not (cast_to(node, onnx.TensorProto.FLOAT) and first is not None
+                and cast_to(first, onnx.TensorProto.FLOAT16)):
+            continue
+        source = producers.get(first.input[0])
+        if source is not None and source.name in float32_nodes:
+            node.op_type, node.input[0] = "Identity", first.input[0]
+            del node.attribute[:]
+    used = {name for node in model.graph.node for name in _node_inputs(node)} | {o.name for o in model.graph.output}
+    kept = [n for n in model.graph.node if n.op_type != "Cast" or any(o in used for o in n.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
 def convert_fp16(model_path: str | Path, output: str | Path, keep_head_fp32: bool = True) -> Path:
     """Write an FP16 variant of ``model_path``: float32 inputs and outputs, float16 backbone."""
     import_onnxruntime()  # a clear error when it is missing
@@ -264,7 +292,8 @@ def convert_fp16(model_path: str | Path, output: str | Path, keep_head_fp32: boo
 
     model = _named(onnx.load(str(model_path)))
     block = head_nodes(model) if keep_head_fp32 else []
-    converted = _topological(convert_float_to_float16(model, keep_io_types=True, node_block_list=block))
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
+    converted = _topological(_without_float16_round_trips(converted, set(block)))
     onnx.helper.set_model_props(converted, {**{p.key: p.value for p in model.metadata_props},
                                             "camdeploy.precision": "fp16"})
     output = Path(output)
