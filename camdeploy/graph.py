@@ -80,6 +80,11 @@ def without_boxes(model: onnx.ModelProto) -> onnx.ModelProto:
     return cut(model, tuple(o.name for o in model.graph.output if o.name not in BOX_OUTPUTS))
 
 
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """The node that computes each tensor of the main graph, by tensor name."""
+    return {out: node for node in model.graph.node for out in node.output}
+
+
 def cam_head_maps(model: onnx.ModelProto) -> str | None:
     """The tensor of low-resolution maps ``[N, T, h, w]`` that the CAM head upsamples, or None.
 
@@ -89,13 +94,13 @@ def cam_head_maps(model: onnx.ModelProto) -> str | None:
     :mod:`camdeploy.runtime.map_boxes`); any other head (a float16 one, whose ``cams`` come out of a
     ``Cast``; an edited graph) gives None.
     """
-    producers = {out: node for node in model.graph.node for out in node.output}
+    made = producers(model)
     outputs = {o.name: o for o in model.graph.output}
 
     def made_by(name: str, op_type: str) -> onnx.NodeProto | None:
-        node = producers.get(name)
+        node = made.get(name)
         while node is not None and node.op_type == "Identity":  # an FP16 variant's float32 head has some
-            node = producers.get(node.input[0])
+            node = made.get(node.input[0])
         return node if node is not None and node.op_type == op_type else None
 
     if "cams" not in outputs or outputs["cams"].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
@@ -116,7 +121,7 @@ def cam_head_maps(model: onnx.ModelProto) -> str | None:
 def _head_nodes(model: onnx.ModelProto, maps: str) -> list[onnx.NodeProto] | None:
     """The nodes that compute ``cams`` from ``maps`` and constants alone, in graph order, or None
     when ``cams`` needs anything else."""
-    producers = {out: node for node in model.graph.node for out in node.output}
+    made = producers(model)
     constants = {t.name for t in model.graph.initializer}
     needed: set[int] = set()
     pending, seen = ["cams"], set()
@@ -125,7 +130,7 @@ def _head_nodes(model: onnx.ModelProto, maps: str) -> list[onnx.NodeProto] | Non
         if name in seen or name in constants or name in ("", maps):
             continue
         seen.add(name)
-        node = producers.get(name)
+        node = made.get(name)
         if node is None:  # a graph input other than the maps
             return None
         needed.add(id(node))

@@ -197,7 +197,7 @@ def run_bench(models: Sequence[Path], image_paths: Sequence[Path], options: Benc
                 for backend in options.backends:
                     label = _label(backend, models[0], models)
                     first = main[label]
-                    if getattr(first, "uses_low_res_maps", False):
+                    if first.uses_low_res_maps:
                         full = make_runner(backend, models[0], dataclasses.replace(
                             runner_options.for_backend(backend), box_maps="full"), spec)
                         full.open()

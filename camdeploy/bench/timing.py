@@ -60,9 +60,9 @@ def time_interleaved(calls: dict[str, Callable[[], object]], *, warmup: int, rep
 
     What a call leaves behind must not land on one function only: the order within a repeat is
     shuffled (seeded by ``seed``), so that no function always follows the same one, and after a
-    function of ``settle_after`` the next waits ``settle_seconds``, untimed. PyTorch's OpenMP
-    threads keep spinning for milliseconds after a call returns: measured on 2 cores, an ONNX
-    Runtime call right after one took 1.7x its time and 1.9x its CPU time.
+    function of ``settle_after`` the next waits ``settle_seconds``, untimed: PyTorch's OpenMP
+    threads keep spinning for milliseconds after a call returns, and would slow and bill whatever
+    ran next.
     """
     _check(warmup, repeats)
     for fn in calls.values():

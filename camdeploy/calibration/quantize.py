@@ -37,7 +37,7 @@ import onnx
 from camdeploy.atomic import save_onnx
 from camdeploy.calibration.data import CalibrationData
 from camdeploy.errors import CamdeployError
-from camdeploy.graph import CALIBRATION_FILES
+from camdeploy.graph import CALIBRATION_FILES, producers
 from camdeploy.runtime.int8 import TARGET_KEY, WEIGHT_BITS_KEY
 from camdeploy.runtime.onnxruntime_runner import import_onnxruntime
 
@@ -64,11 +64,11 @@ class Int8Config:
 
 def backbone_nodes(model: onnx.ModelProto, output: str = "features") -> set[str]:
     """Names of the nodes that ``output`` depends on."""
-    producers = {o: n for n in model.graph.node for o in n.output}
+    made = producers(model)
     wanted, stack, seen = set(), [output], set()
     while stack:
         name = stack.pop()
-        node = producers.get(name)
+        node = made.get(name)
         if node is None or node.name in seen:
             continue
         seen.add(node.name)
@@ -263,18 +263,18 @@ def _without_float16_round_trips(model: onnx.ModelProto, float32_nodes: set[str]
     (CAMs, scores, boxes) would otherwise compute in float16's precision between every two nodes.
     The second ``Cast`` becomes an ``Identity`` of the float32 tensor (ONNX Runtime and TensorRT
     remove those); the first goes when nothing else reads it."""
-    producers = {out: node for node in model.graph.node for out in node.output}
+    made = producers(model)
 
     def cast_to(node: onnx.NodeProto | None, element: int) -> bool:
         return (node is not None and node.op_type == "Cast"
                 and any(a.name == "to" and a.i == element for a in node.attribute))
 
     for node in model.graph.node:
-        first = producers.get(node.input[0]) if node.input else None
+        first = made.get(node.input[0]) if node.input else None
         if not (cast_to(node, onnx.TensorProto.FLOAT) and first is not None
                 and cast_to(first, onnx.TensorProto.FLOAT16)):
             continue
-        source = producers.get(first.input[0])
+        source = made.get(first.input[0])
         if source is not None and source.name in float32_nodes:
             node.op_type, node.input[0] = "Identity", first.input[0]
             del node.attribute[:]

@@ -46,9 +46,8 @@ def components(mask: np.ndarray) -> int:
     Counted from the components' outer borders (OpenCV's border following, Suzuki and Abe 1985:
     8-connected foreground, 4-connected background; ``RETR_CCOMP`` puts every outer border at the
     top level, holes at the second, a component inside a hole at the top again), which on masks
-    of a few blobs costs less than labelling every pixel (measured: boxing a dev map takes about
-    10 % less). The mask is padded with a zero border first, so that foreground on its edge is
-    traced like any other.
+    of a few blobs costs less than labelling every pixel. The mask is padded with a zero border
+    first, so that foreground on its edge is traced like any other.
     """
     padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     _, hierarchy = cv2.findContours(padded, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)

@@ -11,13 +11,15 @@ too, and bounds how far the two can disagree: a pixel is in the graph's mask whe
 ``R >= min R + tau * span``, and that comparison cannot go the other way for a pixel whose host
 value is farther than a margin ``E`` from the host's level. So the host draws two masks, ``certain``
 (above the level by more than ``E``) and ``possible`` (above it less ``E``); the graph's mask lies
-between them. When they are equal (about two maps in three on the dev images), its box is the host
+between them. When they are equal (two maps in three on the dev images), its box is the host
 rule's. When they differ, the box is still decided if the largest component of ``certain`` (``C``,
 unique) grows, in ``possible``, into a component with the same bounding box and less than twice its
 area, and every other component of ``possible`` is smaller than ``C``: whatever the undecided
 pixels do, the graph's largest component contains ``C``, has that box and nothing can outgrow it.
 Otherwise (8 of the 3,495 maps of the dev images) the map is not decided, and the caller runs the
-graph's own head on those maps alone (:func:`camdeploy.graph.cam_head`) and boxes its CAMs.
+graph's own head on those maps alone (:func:`camdeploy.graph.cam_head`) and boxes its CAMs. The
+counts, the disagreements below and the host's time per map: ``python benchmarks/map_boxes.py``
+(benchmarks/results/MAP_BOXES.md).
 
 **The margin.** With ``u = 2**-24``, ``A`` the largest magnitude of the map, and ``eps`` the error
 of a float32 source coordinate (zero when the upsampling factor is a power of two, as 7 -> 224 is:
@@ -28,7 +30,7 @@ computation a pixel's value is off by at most ``e`` and the level ``min + tau * 
 ``(1 + 2 tau) e``, so the comparison moves by ``(2 + 2 tau) e``; the graph and the host are two such
 computations, and the graph's subtraction and division add ``4 u span <= 8 u A``. So
 ``E = (2 + 2 tau) 2 e + 8 u A``. Measured disagreement on the dev maps: 6.4 ``u A`` for ONNX
-Runtime's normalised maps, 2.2 ``u A`` for OpenCV's upsampling, against ``E`` of 66 ``u A``.
+Runtime's normalised maps, 2.3 ``u A`` for OpenCV's upsampling, against ``E`` of 66 ``u A``.
 """
 
 from __future__ import annotations

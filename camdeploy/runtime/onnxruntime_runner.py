@@ -77,8 +77,8 @@ class OnnxRuntimeRunner(Runner):
             (default): the faster of the two for the provider, :data:`GRAPH_BOXES_FASTER`.
         outputs: the output set (:data:`~camdeploy.runtime.runner.OUTPUT_SETS`) most calls will ask
             for: :meth:`open` loads the graph that computes it (``run`` asks for ``boxes``), and the
-            graphs of other sets are loaded when first asked for (each costs memory: about 130 MB
-            for Lite0).
+            graphs of other sets are loaded when first asked for (each session holds its own copy
+            of the weights and its own memory arena).
         box_maps: with host boxes, which maps the ``boxes`` output set boxes: ``low`` (default):
             the raw low-resolution maps, so that the graph neither upsamples nor copies out
             full-resolution CAMs (exact: see :mod:`camdeploy.runtime.map_boxes`; a head this does not
@@ -281,7 +281,7 @@ class OnnxRuntimeRunner(Runner):
         return self.provider == "cpu"
 
     @property
-    def uses_low_res_maps(self) -> bool:
+    def uses_low_res_maps(self) -> bool:  # type: ignore[override]
         """Whether ``outputs="boxes"`` boxes the raw low-resolution maps (once open)."""
         return self._maps_name is not None and self.box_source == "host"
 

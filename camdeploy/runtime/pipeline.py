@@ -323,7 +323,7 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
             batch_size=options.batch_size, resize=options.resize, keep_images=options.overlays,
             max_pixels=options.max_pixels, prefetch=options.prefetch), on_skip=on_skip)
         # The loader thread decodes while the model runs: on the CPU, OpenCV's own worker threads would
-        # only take cores from the model's (measured: files to results 9-12 % faster with one).
+        # only take cores from the model's.
         threads = cv2.getNumThreads()
         if runner.computes_on_cpu and options.prefetch > 0:
             cv2.setNumThreads(1)

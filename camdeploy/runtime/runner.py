@@ -74,6 +74,9 @@ class Runner(ABC):
     """The exported file this runner runs, if any (the PyTorch reference runs a module)."""
     box_workers = 1
     """Threads that box a batch's maps on the host (see :func:`~camdeploy.runtime.boxes.cam_boxes`)."""
+    uses_low_res_maps = False
+    """Whether ``infer(outputs="boxes")`` boxes the graph's raw low-resolution maps instead of its
+    CAMs (see :mod:`camdeploy.runtime.map_boxes`); the ONNX Runtime runner can."""
     computes_on_cpu = True
     """Whether the model runs on the CPU's cores, which image decoding then shares (see
     :func:`camdeploy.runtime.pipeline.run_files`)."""
