@@ -11,12 +11,16 @@ import camdeploy
 
 
 def versions() -> dict[str, str]:
-    """camdeploy, Python, NumPy, ONNX Runtime, OpenCV, and torch when it is loaded."""
+    """camdeploy, Python, NumPy, ONNX Runtime, OpenCV, torch when it is loaded, and which
+    implementation boxes on the host (``host boxes``: ``C`` with camdeploy's C extension, else
+    ``OpenCV``)."""
     import cv2
     import numpy as np
 
+    from camdeploy.runtime.boxes import NATIVE
+
     found = {"camdeploy": camdeploy.__version__, "python": platform.python_version(), "numpy": np.__version__,
-             "opencv": cv2.__version__}
+             "opencv": cv2.__version__, "host boxes": "C" if NATIVE else "OpenCV"}
     try:
         import onnxruntime
 

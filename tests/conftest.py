@@ -12,7 +12,8 @@
 
 Tools that CI installs (``.ci/run`` sets ``CAMDEPLOY_CI=1``) are requested through
 :func:`require_tool`: outside CI a missing tool skips the test with the reason, under CI it fails
-it, so that CI never counts a skipped check as passed. The same holds for Ray.
+it, so that CI never counts a skipped check as passed. The same holds for Ray and for camdeploy's C
+extension (:func:`require_native`; the ``native`` fixture runs a test on each box implementation).
 """
 
 from __future__ import annotations
@@ -37,6 +38,27 @@ def require_tool(name: str, purpose: str) -> str:
             pytest.fail(f"under CI: {message}")
         pytest.skip(message)
     return path
+
+
+def require_native() -> None:
+    """Skip the test without camdeploy's C extension (built at install where a C compiler is
+    present), or fail under CI, which installs a compiler and builds it."""
+    from camdeploy.runtime.boxes import NATIVE
+
+    if not NATIVE:
+        message = ("camdeploy's C extension (camdeploy._boxes) is not built: no C compiler or Python "
+                   "headers at install; .ci/run installs them")
+        if os.environ.get("CAMDEPLOY_CI"):
+            pytest.fail(f"under CI: {message}")
+        pytest.skip(message)
+
+
+@pytest.fixture(params=[False, True], ids=["opencv", "c"])
+def native(request: pytest.FixtureRequest) -> bool:
+    """Each host box implementation in turn: OpenCV and NumPy, then the C extension."""
+    if request.param:
+        require_native()
+    return bool(request.param)
 
 
 def gpu_reason() -> str | None:

@@ -25,6 +25,27 @@ import numpy as np
 
 from camdeploy.errors import CamdeployError
 
+try:  # the same rule in C (camdeploy/native/), built at install where a C compiler is present
+    from camdeploy import _boxes as _native
+except ImportError:  # pragma: no cover - depends on the install
+    _native = None  # type: ignore[assignment]
+
+NATIVE = _native is not None
+"""Whether camdeploy's C extension is installed: :func:`cam_boxes` and
+:func:`camdeploy.runtime.map_boxes.map_boxes` then run in C (several times faster, threads side by
+side without the GIL); else with OpenCV and NumPy. Both give the same boxes."""
+
+
+def use_native(native: bool | None) -> bool:
+    """Resolve a ``native`` argument: None means the C extension when installed; True without it is
+    an error that says how to get it."""
+    if native is None:
+        return NATIVE
+    if native and not NATIVE:
+        raise CamdeployError("native=True: camdeploy's C extension (camdeploy._boxes) is not installed; "
+                             "reinstall camdeploy where a C compiler and Python's headers are present")
+    return native
+
 
 def check_threshold(threshold: float) -> None:
     """Refuse a box threshold outside [0, 1], naming the flag."""
@@ -36,7 +57,8 @@ def threshold_mask(cams: np.ndarray, threshold: float, peaks: np.ndarray | float
     """``uint8`` mask of ``cam >= threshold * max(cam)`` for maps ``[..., H, W]``, the product taken
     in float32 as the graph takes it; ``peaks`` (``[...]``) are the maps' maxima when known."""
     peaks = np.max(cams, axis=(-2, -1)) if peaks is None else peaks
-    levels = np.float32(threshold) * np.asarray(peaks, dtype=np.float32)
+    with np.errstate(invalid="ignore"):  # an infinite peak times 0: NaN, the whole frame anyway
+        levels = np.float32(threshold) * np.asarray(peaks, dtype=np.float32)
     return (cams >= levels[..., None, None]).view(np.uint8)
 
 
@@ -104,16 +126,25 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="camdeploy-boxes")
 
 
-def cam_boxes(cams: np.ndarray, threshold: float = 0.2, workers: int = 1) -> np.ndarray:
+def cam_boxes(cams: np.ndarray, threshold: float = 0.2, workers: int = 1, native: bool | None = None
+              ) -> np.ndarray:
     """:func:`cam_box` over ``cams [N, T, H, W]``; returns ``float32 [N, T, 4]``.
 
-    The peaks and masks of all maps are computed in one pass each; the labelling is per map, in
-    ``workers`` threads when there are several maps.
+    In ``workers`` threads when there are several maps. ``native``: with the C extension (see
+    :data:`NATIVE`; default: when installed), each map in one pass over its pixels and runs of
+    pixels; else with NumPy (peaks and masks of all maps in one pass each) and OpenCV (per map).
     """
     if cams.ndim != 4:
         raise CamdeployError(f"cams: expected [N, T, H, W], got shape {cams.shape}")
     check_threshold(threshold)
     n, t, height, width = cams.shape
+    if use_native(native):
+        assert _native is not None
+        flat = np.ascontiguousarray(cams, dtype=np.float32).reshape(n * t, height, width)
+        out = np.empty((n * t, 4), dtype=np.float32)
+        split_work(lambda a, b: _native.cam_boxes(flat[a:b], b - a, height, width, threshold, out[a:b]),
+                   n * t, workers)
+        return out.reshape(n, t, 4)
     maps = cams.reshape(n * t, height, width)
     peaks = maps.reshape(n * t, height * width).max(axis=1, initial=-np.inf)  # [M]
     masks = threshold_mask(maps, threshold, peaks)  # [M, H, W]

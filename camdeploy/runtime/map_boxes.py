@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from camdeploy.errors import CamdeployError
-from camdeploy.runtime.boxes import cam_boxes, check_threshold, components, mask_box, split_work
+from camdeploy.runtime.boxes import _native, cam_boxes, check_threshold, components, mask_box, split_work, use_native
 
 UNIT = 2.0 ** -24
 """Unit roundoff of float32."""
@@ -152,9 +152,16 @@ def map_box(raw: np.ndarray, size: tuple[int, int], threshold: float, amplitude:
     return _certified_box(certain, possible, area, possible_area)
 
 
-def map_boxes(maps: np.ndarray, size: tuple[int, int], threshold: float = 0.2, workers: int = 1
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`map_box` over ``maps [N, T, h, w]``.
+def map_boxes(maps: np.ndarray, size: tuple[int, int], threshold: float = 0.2, workers: int = 1,
+              native: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`map_box` over ``maps [N, T, h, w]``, in ``workers`` threads.
+
+    ``native``: compute with the C implementation (camdeploy/native/boxes.c, see
+    :data:`~camdeploy.runtime.boxes.NATIVE`), which upsamples, thresholds and labels each map with
+    no Python between maps; or with OpenCV and NumPy (:func:`map_box`); default: C when installed.
+    Both draw the same two masks from the same margin and apply the same tests (the C one's
+    certificate also accepts components of ``possible`` outside ``C``'s box that are smaller than
+    ``C``); only their float32 upsamplings differ, each within the bound.
 
     Returns:
         ``boxes float32 [N, T, 4]`` (pixel-edge coordinates of ``size``) and ``decided bool [N, T]``:
@@ -163,16 +170,22 @@ def map_boxes(maps: np.ndarray, size: tuple[int, int], threshold: float = 0.2, w
     if maps.ndim != 4:
         raise CamdeployError(f"maps: expected [N, T, h, w], got shape {maps.shape}")
     check_threshold(threshold)
-    n, t = maps.shape[:2]
-    flat = np.ascontiguousarray(maps, dtype=np.float32).reshape(n * t, *maps.shape[2:])
+    native = use_native(native)
+    n, t, h, w = maps.shape
+    flat = np.ascontiguousarray(maps, dtype=np.float32).reshape(n * t, h, w)
     boxes = np.zeros((n * t, 4), dtype=np.float32)
     decided = np.zeros(n * t, dtype=bool)
-
-    with np.errstate(invalid="ignore"):
-        amplitudes = np.abs(flat).max(axis=(1, 2)).tolist()
     per_unit = decision_margin(1.0, maps.shape[2:], size, threshold)
+    if not native:
+        with np.errstate(invalid="ignore"):
+            amplitudes = np.abs(flat).max(axis=(1, 2)).tolist()
 
     def work(start: int, stop: int) -> None:
+        if native:
+            assert _native is not None
+            _native.map_boxes(flat[start:stop], stop - start, h, w, size[0], size[1], threshold, per_unit,
+                              boxes[start:stop], decided[start:stop])
+            return
         for m in range(start, stop):
             box = map_box(flat[m], size, threshold, amplitudes[m], per_unit)
             if box is not None:
@@ -183,14 +196,15 @@ def map_boxes(maps: np.ndarray, size: tuple[int, int], threshold: float = 0.2, w
 
 
 def exact_map_boxes(maps: np.ndarray, size: tuple[int, int], threshold: float,
-                    head: Callable[[np.ndarray], np.ndarray], workers: int = 1) -> np.ndarray:
+                    head: Callable[[np.ndarray], np.ndarray], workers: int = 1, native: bool | None = None
+                    ) -> np.ndarray:
     """:func:`map_boxes`, with the maps it leaves undecided boxed on the graph's own CAMs:
     ``head(maps [k, 1, h, w]) -> cams [k, 1, S_h, S_w]`` runs the graph's CAM head on them alone.
     Returns ``float32 [N, T, 4]``: the host rule's boxes on the graph's CAMs, every one."""
-    boxes, decided = map_boxes(maps, size, threshold, workers)
+    boxes, decided = map_boxes(maps, size, threshold, workers, native)
     undecided = np.argwhere(~decided)
     if len(undecided):
         rows, ranks = undecided[:, 0], undecided[:, 1]
         cams = head(np.ascontiguousarray(maps[rows, ranks][:, None], dtype=np.float32))
-        boxes[rows, ranks] = cam_boxes(cams, threshold)[:, 0]
+        boxes[rows, ranks] = cam_boxes(cams, threshold, native=native)[:, 0]
     return boxes

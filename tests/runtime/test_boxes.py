@@ -284,3 +284,15 @@ def test_components_counts_like_labelling_on_edges_holes_and_noise():
               for p in (0.1, 0.3, 0.5, 0.7, 0.9) for _ in range(40)]
     assert [count_components(c) for c in cases[:4]] == [2, 3, 1, 0]
     assert [count_components(c) for c in cases] == [labelled(c) for c in cases]
+
+
+def test_without_the_c_extension_the_opencv_rule_runs_and_asking_for_c_says_how(monkeypatch):
+    from camdeploy.runtime import boxes as module
+
+    monkeypatch.setattr(module, "NATIVE", False)
+    assert module.use_native(None) is False and module.use_native(False) is False
+    with pytest.raises(CamdeployError, match=r"C extension \(camdeploy._boxes\) is not installed.*C compiler"):
+        module.use_native(True)
+    cams = np.zeros((1, 2, 8, 8), dtype=np.float32)
+    cams[0, :, 2:4, 3:6] = 1.0
+    np.testing.assert_array_equal(module.cam_boxes(cams), [[[3, 2, 6, 4]] * 2])

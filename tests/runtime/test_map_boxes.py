@@ -46,12 +46,12 @@ def head(tiny):
     return lambda maps: session.run(["cams"], {name: maps.astype(np.float32)})[0]
 
 
-def check(maps, head, threshold=0.2):
+def check(maps, head, threshold=0.2, native=False):
     """Every box equals the host rule on the head's CAMs; returns how many maps were undecided."""
     maps = np.asarray(maps, dtype=np.float32)
-    reference = cam_boxes(head(maps), threshold)
-    np.testing.assert_array_equal(exact_map_boxes(maps, SIZE, threshold, head), reference)
-    boxes, decided = map_boxes(maps, SIZE, threshold)
+    reference = cam_boxes(head(maps), threshold, native=False)
+    np.testing.assert_array_equal(exact_map_boxes(maps, SIZE, threshold, head, native=native), reference)
+    boxes, decided = map_boxes(maps, SIZE, threshold, native=native)
     np.testing.assert_array_equal(boxes[decided], reference[decided])
     return int((~decided).sum())
 
@@ -66,10 +66,10 @@ def test_coordinate_error_is_zero_only_for_power_of_two_factors():
 
 @pytest.mark.parametrize("source", [8, 7, 5, 16, 3])
 @pytest.mark.parametrize("threshold", [0.2, 0.5, 0.05])
-def test_random_maps_at_exact_and_inexact_factors(head, source, threshold):
+def test_random_maps_at_exact_and_inexact_factors(head, native, source, threshold):
     rng = np.random.default_rng(source)
     maps = rng.normal(size=(40, 1, source, source)) * rng.uniform(0.01, 100, size=(40, 1, 1, 1))
-    undecided = check(maps, head, threshold)
+    undecided = check(maps, head, threshold, native)
     assert undecided < 10  # the host decides nearly every map by itself
 
 
@@ -87,18 +87,18 @@ def test_the_graphs_mask_lies_between_the_host_masks(head):
         assert not (certain & ~graph_mask).any() and not (graph_mask & ~possible).any()
 
 
-def test_constant_flat_and_non_finite_maps_go_to_the_graph(head):
+def test_constant_flat_and_non_finite_maps_go_to_the_graph(head, native):
     maps = np.zeros((6, 1, 8, 8), dtype=np.float32)
     maps[1] = 5.0
     maps[2] = -3.0
     maps[3] = 1000.0 + 1e-4 * np.random.default_rng(0).normal(size=(8, 8))  # span far below rounding
     maps[4, 0, 2, 2] = np.nan
     maps[5, 0, 3, 3] = np.inf
-    assert check(maps, head) == 6
-    np.testing.assert_array_equal(exact_map_boxes(maps, SIZE, 0.2, head)[:3, 0], [[0, 0, 32, 32]] * 3)
+    assert check(maps, head, 0.2, native) == 6
+    np.testing.assert_array_equal(exact_map_boxes(maps, SIZE, 0.2, head, native=native)[:3, 0], [[0, 0, 32, 32]] * 3)
 
 
-def test_values_exactly_at_the_level_are_left_to_the_graph(head):
+def test_values_exactly_at_the_level_are_left_to_the_graph(head, native):
     """Maps whose upsampled values land on the threshold to the last bit, where only the graph's own
     rounding can say which pixels pass: the host must not guess."""
     maps = np.zeros((4, 1, 8, 8), dtype=np.float32)
@@ -107,11 +107,11 @@ def test_values_exactly_at_the_level_are_left_to_the_graph(head):
     maps[2, 0, 4, :] = np.float32(1 / 0.2)
     maps[3, 0, 0, 0], maps[3, 0, 7, 7] = 1.0, 0.2
     for threshold in (0.2, 0.125, 0.375):
-        check(maps, head, threshold)
+        check(maps, head, threshold, native)
 
 
 @pytest.mark.parametrize("source", [8, 7, 5])
-def test_thresholds_equal_to_the_graphs_own_values(head, source):
+def test_thresholds_equal_to_the_graphs_own_values(head, native, source):
     """The hardest case: the threshold is the graph's normalised value of some pixel, so that pixel
     passes by equality, and the host's own rounding would put it on either side."""
     rng = np.random.default_rng(source)
@@ -121,11 +121,11 @@ def test_thresholds_equal_to_the_graphs_own_values(head, source):
     for i in range(len(maps)):
         values = np.unique(cams[i, 0])
         for threshold in rng.choice(values[(values > 0.05) & (values < 0.95)], size=12, replace=False):
-            undecided += check(maps[i:i + 1], head, float(threshold))
+            undecided += check(maps[i:i + 1], head, float(threshold), native)
     assert undecided > 0  # some of these are left to the graph, as they must be
 
 
-def test_ties_thin_shapes_and_many_components(head):
+def test_ties_thin_shapes_and_many_components(head, native):
     maps = np.zeros((5, 1, 8, 8), dtype=np.float32)
     maps[0, 0, 1, 1] = maps[0, 0, 6, 6] = 1.0  # two equal blobs: raster order decides
     maps[1, 0, 1, 6] = maps[1, 0, 6, 1] = 1.0
@@ -133,13 +133,13 @@ def test_ties_thin_shapes_and_many_components(head):
     maps[3, 0, ::2, ::2] = 1.0  # checkerboard of peaks
     maps[4] = np.arange(64, dtype=np.float32).reshape(8, 8) % 3  # ridges
     for threshold in (0.2, 0.6, 0.95):
-        check(maps, head, threshold)
+        check(maps, head, threshold, native)
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0])
-def test_threshold_extremes(head, threshold):
+def test_threshold_extremes(head, native, threshold):
     maps = np.random.default_rng(2).normal(size=(10, 1, 8, 8)).astype(np.float32)
-    check(maps, head, threshold)
+    check(maps, head, threshold, native)
 
 
 def test_runner_boxes_without_maps_equal_the_boxes_with_them(tiny):
