@@ -218,8 +218,9 @@ class RayRecords:
             return
         waiting: list[tuple[int, str, str]] = []  # (index, error, record) heap
         following = 0
+        batches = iter(self.dataset(files).iter_batches(batch_size=None, batch_format="numpy"))
         try:
-            for batch in self.dataset(files).iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in batches:
                 for index, error, record in zip(batch["index"], batch["error"], batch["record"], strict=True):
                     heapq.heappush(waiting, (int(index), str(error), str(record)))
                 records = []
@@ -235,6 +236,13 @@ class RayRecords:
             raise
         except Exception as exc:  # Ray's errors, the workers' wrapped in them
             raise CamdeployError(f"--engine ray: the cluster failed: {_cause(exc)}") from exc
+        finally:
+            # Stop Ray Data's executor now, while Ray is up: left to the garbage collector, its
+            # thread can outlive ray.shutdown() and reach the shut-down worker, which then ends the
+            # process with status 1 (seen once, on an interrupted run, in CI).
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
         if following != len(files):
             raise CamdeployError(f"--engine ray: the cluster returned {following} of {len(files)} images")
 
