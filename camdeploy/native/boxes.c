@@ -469,3 +469,13 @@ int cd_cam_boxes(const float *cams, size_t count, int height, int width, float t
     work_free(&s);
     return 0;
 }
+
+int cd_upsample(const float *map, int h, int w, int out_h, int out_w, float *out) {
+    work_t s;
+    if (!work_alloc(&s, h, w, out_h, out_w)) return -1;
+    double low, high;
+    upsample(&s, map, &low, &high);
+    memcpy(out, s.up, sizeof(float) * (size_t)out_h * (size_t)out_w);
+    work_free(&s);
+    return 0;
+}

@@ -28,6 +28,10 @@ int cd_map_boxes(const float *maps, size_t count, int h, int w, int out_h, int o
  * above the level. Returns 0, or -1 when memory runs out. */
 int cd_cam_boxes(const float *cams, size_t count, int height, int width, float tau, float *boxes);
 
+/* The float32 half-pixel bilinear upsampling cd_map_boxes uses, of one map [h][w] into
+ * out[out_h][out_w] (to measure its error against the exact one). Returns 0, or -1 without memory. */
+int cd_upsample(const float *map, int h, int w, int out_h, int out_w, float *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -81,7 +81,38 @@ done:
     return result;
 }
 
+static PyObject *upsample(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer map, out;
+    int h, w, out_h, out_w;
+    if (!PyArg_ParseTuple(args, "y*iiiiw*:upsample", &map, &h, &w, &out_h, &out_w, &out)) return NULL;
+    PyObject *result = NULL;
+    if (h < 1 || w < 1 || out_h < 1 || out_w < 1) {
+        PyErr_Format(PyExc_ValueError, "upsample: sizes %dx%d -> %dx%d must be positive", h, w, out_h, out_w);
+        goto done;
+    }
+    if (!check_size(&map, (Py_ssize_t)h * w * (Py_ssize_t)sizeof(float), "map") ||
+        !check_size(&out, (Py_ssize_t)out_h * out_w * (Py_ssize_t)sizeof(float), "out"))
+        goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = cd_upsample((const float *)map.buf, h, w, out_h, out_w, (float *)out.buf);
+    Py_END_ALLOW_THREADS
+    if (status != 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&map);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"upsample", upsample, METH_VARARGS,
+     "upsample(map, h, w, out_h, out_w, out): the float32 bilinear upsampling map_boxes uses, of one "
+     "float32 map [h, w] into float32 out [out_h, out_w]."},
     {"cam_boxes", cam_boxes, METH_VARARGS,
      "cam_boxes(cams, count, height, width, tau, boxes): the host rule's boxes of float32 CAMs "
      "[count, height, width] into float32 boxes [count, 4] (see camdeploy/native/boxes.h)."},

@@ -21,6 +21,13 @@ graph's own head on those maps alone (:func:`camdeploy.graph.cam_head`) and boxe
 counts, the disagreements below and the host's time per map: ``python benchmarks/map_boxes.py``
 (benchmarks/results/MAP_BOXES.md).
 
+**Two implementations.** :func:`map_box` here, with OpenCV and NumPy, and the C extension
+(``camdeploy/native/boxes.c``, used by :func:`map_boxes` when installed), which upsamples each map
+in float32 with the same operations (so within the same ``e``), draws the same two masks as runs
+of pixels from the same margin, and labels the runs; its certificate is the general one above,
+where this module's shortcut for a single component of ``certain`` also asks every undecided pixel
+to lie in ``C``'s box.
+
 **The margin.** With ``u = 2**-24``, ``A`` the largest magnitude of the map, and ``eps`` the error
 of a float32 source coordinate (zero when the upsampling factor is a power of two, as 7 -> 224 is:
 every coordinate and weight is then exact; ``4 u (h + 1)`` otherwise), one float32 bilinear

@@ -13,7 +13,7 @@ import pytest
 from conftest import require_native
 
 from camdeploy.runtime.boxes import cam_boxes
-from camdeploy.runtime.map_boxes import decision_margin, map_boxes
+from camdeploy.runtime.map_boxes import UNIT, coordinate_error, decision_margin, map_boxes
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +61,8 @@ def test_cam_boxes_on_unusual_values():
                                                            [69, 8, 70, 9], [1, 0, 2, 9]])
 
 
-def exact_cams(maps, size):
-    """The exact half-pixel bilinear upsampling (float64, source coordinates clamped), normalised."""
+def exact_upsampling(maps, size):
+    """The exact half-pixel bilinear upsampling (float64, source coordinates clamped) of [N, T, h, w]."""
     def weights(source, target):
         x = np.clip((np.arange(target) + 0.5) * source / target - 0.5, 0, source - 1)
         first = np.floor(x).astype(int)
@@ -72,7 +72,12 @@ def exact_cams(maps, size):
         return matrix
 
     rows, cols = weights(maps.shape[2], size[0]), weights(maps.shape[3], size[1])
-    up = np.einsum("yi,ntij,xj->ntyx", rows, maps.astype(np.float64), cols)
+    return np.einsum("yi,ntij,xj->ntyx", rows, maps.astype(np.float64), cols)
+
+
+def exact_cams(maps, size):
+    """:func:`exact_upsampling`, min-max normalised: the CAMs without rounding."""
+    up = exact_upsampling(maps, size)
     low = up.min(axis=(2, 3), keepdims=True)
     return (up - low) / (up.max(axis=(2, 3), keepdims=True) - low)
 
@@ -89,6 +94,21 @@ def test_map_boxes_decide_the_exact_cams_box_at_any_size(native, source, size):
     boxes, decided = map_boxes(maps, size, 0.2, native=native)
     np.testing.assert_array_equal(boxes[decided], reference[decided])
     assert (~decided).sum() <= 3
+
+
+@pytest.mark.parametrize(("source", "size"), UPSAMPLINGS, ids=[f"{s[0]}x{s[1]}-{t[0]}x{t[1]}" for s, t in UPSAMPLINGS])
+def test_the_c_upsampling_is_within_the_bound_the_margin_assumes(source, size):
+    """One float32 upsampling is within e = (12 u + 2 eps) A of the exact one (map_boxes' docstring)."""
+    from camdeploy import _boxes
+
+    rng = np.random.default_rng(size[0])
+    for raw in (rng.normal(size=source) * scale for scale in (1e-3, 1.0, 3e4)):
+        raw = raw.astype(np.float32)
+        out = np.empty(size, dtype=np.float32)
+        _boxes.upsample(raw, *source, *size, out)
+        eps = coordinate_error(source[0], size[0]) + coordinate_error(source[1], size[1])
+        bound = (12 * UNIT + 2 * eps) * float(np.abs(raw).max())
+        assert np.abs(out - exact_upsampling(raw[None, None], size)[0, 0]).max() <= bound
 
 
 def test_threads_give_the_same_boxes():
