@@ -15,7 +15,9 @@ setup(ext_modules=[
         "camdeploy._boxes",
         sources=["camdeploy/native/module.c", "camdeploy/native/boxes.c"],
         depends=["camdeploy/native/boxes.h"],
-        extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
+        # -fno-wrapv undoes Python's -fwrapv, which keeps GCC from vectorizing the pixel loops as
+        # well (measured: about 20 % slower per map); the C code never relies on signed overflow.
+        extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-fno-wrapv"],
         optional=True,
     ),
 ])
