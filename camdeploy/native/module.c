@@ -15,6 +15,9 @@ static int check_size(const Py_buffer *buffer, Py_ssize_t expected, const char *
     return 1;
 }
 
+/* None, or MemoryError when the C code ran out of memory. */
+static PyObject *outcome(int status) { return status != 0 ? PyErr_NoMemory() : Py_NewRef(Py_None); }
+
 static PyObject *map_boxes(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer maps, boxes, decided;
@@ -39,11 +42,7 @@ static PyObject *map_boxes(PyObject *self, PyObject *args) {
     status = cd_map_boxes((const float *)maps.buf, (size_t)count, h, w, out_h, out_w, tau, margin_per_unit,
                           (float *)boxes.buf, (uint8_t *)decided.buf);
     Py_END_ALLOW_THREADS
-    if (status != 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    result = Py_NewRef(Py_None);
+    result = outcome(status);
 done:
     PyBuffer_Release(&maps);
     PyBuffer_Release(&boxes);
@@ -70,11 +69,7 @@ static PyObject *cam_boxes(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     status = cd_cam_boxes((const float *)cams.buf, (size_t)count, height, width, tau, (float *)boxes.buf);
     Py_END_ALLOW_THREADS
-    if (status != 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    result = Py_NewRef(Py_None);
+    result = outcome(status);
 done:
     PyBuffer_Release(&cams);
     PyBuffer_Release(&boxes);
@@ -98,11 +93,7 @@ static PyObject *upsample(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     status = cd_upsample((const float *)map.buf, h, w, out_h, out_w, (float *)out.buf);
     Py_END_ALLOW_THREADS
-    if (status != 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    result = Py_NewRef(Py_None);
+    result = outcome(status);
 done:
     PyBuffer_Release(&map);
     PyBuffer_Release(&out);
