@@ -201,23 +201,29 @@ static void upsample(work_t *s, const float *raw, double *low, double *high) {
     *high = hi;
 }
 
-/* One row's bit masks: `possible` (value >= at_least) and `certain` (value > above). */
-static void row_masks(work_t *s, const float *row, float at_least, float above) {
+/* One row's bit masks: `possible` (value >= at_least) and, when `with_certain`, `certain`
+ * (value > above); the CAM rule needs the first only. */
+static void row_masks(work_t *s, const float *row, float at_least, float above, int with_certain) {
     const int out_w = s->out_w;
     for (int word = 0; word < s->words; word++) {
         uint64_t p = 0, c = 0;
         int x = word * 64, end = x + 64 < out_w ? x + 64 : out_w, shift = 0;
 #ifdef CD_SSE2
         const __m128 at_least4 = _mm_set1_ps(at_least), above4 = _mm_set1_ps(above);
-        for (; x + 4 <= end; x += 4, shift += 4) {
-            __m128 v = _mm_loadu_ps(row + x);
-            p |= (uint64_t)_mm_movemask_ps(_mm_cmpge_ps(v, at_least4)) << shift;
-            c |= (uint64_t)_mm_movemask_ps(_mm_cmpgt_ps(v, above4)) << shift;
+        if (with_certain) {
+            for (; x + 4 <= end; x += 4, shift += 4) {
+                __m128 v = _mm_loadu_ps(row + x);
+                p |= (uint64_t)_mm_movemask_ps(_mm_cmpge_ps(v, at_least4)) << shift;
+                c |= (uint64_t)_mm_movemask_ps(_mm_cmpgt_ps(v, above4)) << shift;
+            }
+        } else {
+            for (; x + 4 <= end; x += 4, shift += 4)
+                p |= (uint64_t)_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(row + x), at_least4)) << shift;
         }
 #endif
         for (; x < end; x++, shift++) {
             p |= (uint64_t)(row[x] >= at_least) << shift;
-            c |= (uint64_t)(row[x] > above) << shift;
+            c |= (uint64_t)(with_certain && row[x] > above) << shift;
         }
         s->possible_row[word] = p;
         s->certain_row[word] = c;
@@ -361,7 +367,7 @@ static int one_map(work_t *s, const float *raw, double tau, double margin_per_un
     possible->count = certain->count = 0;
     long long possible_area = 0, certain_area = 0;
     for (int y = 0; y < out_h; y++) {
-        row_masks(s, s->up + (size_t)y * out_w, at_least, above);
+        row_masks(s, s->up + (size_t)y * out_w, at_least, above, 1);
         possible->row_start[y] = possible->count;
         certain->row_start[y] = certain->count;
         possible_area += add_runs(possible, s->possible_row, s->words, out_w, y);
@@ -403,8 +409,8 @@ int cd_map_boxes(const float *maps, size_t count, int h, int w, int out_h, int o
     work_t s;
     if (!work_alloc(&s, h, w, out_h, out_w)) return -1;
     for (size_t m = 0; m < count; m++) {
+        /* one_map writes a box only when it decides it: the others stay 0 */
         decided[m] = (uint8_t)one_map(&s, maps + m * (size_t)h * (size_t)w, tau, margin_per_unit, boxes + 4 * m);
-        if (!decided[m]) memset(boxes + 4 * m, 0, sizeof(float) * 4);
     }
     work_free(&s);
     return 0;
@@ -447,7 +453,7 @@ static void one_cam(work_t *s, const float *cam, float tau, float box[4]) {
     runs_t *r = &s->possible;
     r->count = 0;
     for (int y = 0; y < out_h; y++) {
-        row_masks(s, cam + (size_t)y * out_w, level, INFINITY);
+        row_masks(s, cam + (size_t)y * out_w, level, INFINITY, 0);
         r->row_start[y] = r->count;
         add_runs(r, s->possible_row, s->words, out_w, y);
     }
