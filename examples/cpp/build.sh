@@ -10,7 +10,7 @@
 # $ONNXRUNTIME_INCLUDE_DIR skips the download; $CAMDEPLOY_DEBIAN_MIRROR overrides the Debian
 # mirror, which is otherwise the one this system's apt uses for its own release.
 #
-# Needs: g++, cmake, make, apt-get, dpkg-deb and OpenCV's core, imgproc and imgcodecs headers
+# Needs: gcc, g++, cmake, make, apt-get, dpkg-deb and OpenCV's core, imgproc and imgcodecs headers
 # (Debian: libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev; .ci/system-packages
 # installs them all).
 set -euo pipefail
@@ -28,10 +28,10 @@ fail() {
 
 # --- tools ---------------------------------------------------------------------------------------
 missing=()
-for tool in c++ cmake make readelf; do
+for tool in cc c++ cmake make readelf; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
-[ ${#missing[@]} -eq 0 ] || fail "missing tools: ${missing[*]}; on Debian: apt-get install g++ cmake make (or run .ci/system-packages)"
+[ ${#missing[@]} -eq 0 ] || fail "missing tools: ${missing[*]}; on Debian: apt-get install gcc g++ cmake make (or run .ci/system-packages)"
 
 # --- the library: the onnxruntime wheel's ---------------------------------------------------------
 python="${PYTHON:-}"

@@ -7,7 +7,7 @@
 
 #include <onnxruntime_cxx_api.h>
 
-#include "boxes.hpp"
+#include "boxes.h"
 #include "errors.hpp"
 
 namespace camdeploy {
@@ -230,14 +230,24 @@ BatchResult CamModel::infer(float* images, int count) {
   }
   const std::size_t map_size = static_cast<std::size_t>(spec.input_height) * static_cast<std::size_t>(spec.input_width);
   result.boxes.resize(maps * 4);
-  for (std::size_t m = 0; m < maps; ++m) {
-    float* box = &result.boxes[4 * m];
-    if (graph_boxes != nullptr && exact[m]) {
-      std::copy(graph_boxes + 4 * m, graph_boxes + 4 * m + 4, box);
-    } else {  // no box in the graph, or one it cannot vouch for: the host rule on that map
-      const auto host = cam_box(cams + m * map_size, spec.input_height, spec.input_width, spec.box_threshold);
-      std::copy(host.begin(), host.end(), box);
-      ++result.host_boxed;
+  // The host rule (camdeploy/native/boxes.c, as camdeploy.runtime.boxes): every map without boxes
+  // in the graph, else only the maps the graph cannot vouch for.
+  const auto host_boxes = [&](std::size_t first, std::size_t n) {
+    if (cd_cam_boxes(cams + first * map_size, n, spec.input_height, spec.input_width, spec.box_threshold,
+                     &result.boxes[4 * first]) != 0) {
+      throw HostError("out of memory boxing " + std::to_string(n) + " maps");
+    }
+    result.host_boxed += static_cast<int>(n);
+  };
+  if (graph_boxes == nullptr) {
+    host_boxes(0, maps);
+  } else {
+    for (std::size_t m = 0; m < maps; ++m) {
+      if (exact[m]) {
+        std::copy(graph_boxes + 4 * m, graph_boxes + 4 * m + 4, &result.boxes[4 * m]);
+      } else {
+        host_boxes(m, 1);
+      }
     }
   }
   return result;
