@@ -50,13 +50,27 @@ class RunnerOptions:
     model the file was exported from)."""
     feature_module: str | None = None
     linear_module: str | None = None
+    device: str | None = None
+    """Where the model runs: ``cpu`` or ``cuda[:N]`` for the PyTorch reference (default ``cpu``),
+    ``cuda[:N]`` for TensorRT (default ``cuda:0``); ONNX Runtime takes ``--provider`` instead."""
 
     def for_backend(self, backend: str) -> RunnerOptions:
         """These options without those of the PyTorch reference, unless ``backend`` is it: for
         commands that run several backends with one set of options (``eval --compare``, ``bench``)."""
         if backend == "torch":
             return self
-        return dataclasses.replace(self, torch_model=None, feature_module=None, linear_module=None)
+        device = self.device if backend == "tensorrt" else None
+        return dataclasses.replace(self, torch_model=None, feature_module=None, linear_module=None, device=device)
+
+
+def cuda_index(device: str | None) -> int:
+    """The CUDA device index of a TensorRT ``--device`` (``cuda`` or ``cuda:N``; default 0)."""
+    if device is None or device == "cuda":
+        return 0
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and index.isdigit():
+        return int(index)
+    raise CamdeployError(f"--device {device!r}: TensorRT runs on an NVIDIA GPU; expected cuda or cuda:N")
 
 
 def _refuse(backend: str, options: RunnerOptions) -> None:
@@ -69,6 +83,9 @@ def _refuse(backend: str, options: RunnerOptions) -> None:
                              f"{runs}")
     if backend != "ort" and options.box_maps != "low":
         raise CamdeployError(f"box_maps {options.box_maps!r} is an option of --backend ort")
+    if backend == "ort" and options.device not in (None, "cpu"):
+        raise CamdeployError(f"--device {options.device}: ONNX Runtime chooses its device with --provider "
+                             "(cpu, cuda or tensorrt); --device is for --backend torch and tensorrt")
     if backend != "tensorrt" and (options.engine or options.rtx):
         raise CamdeployError("--plan and --rtx are options of --backend tensorrt")
 
@@ -87,13 +104,15 @@ def make_runner(backend: str, model: str | os.PathLike[str], options: RunnerOpti
             raise CamdeployError("--backend torch needs PyTorch: install the 'export' extra "
                                  "(pip install 'camdeploy[export]')") from exc
         return TorchRunner(options.torch_model or spec.source_model, spec, options.box_threshold,
-                           options.feature_module, options.linear_module, options.threads)
+                           options.feature_module, options.linear_module, options.threads,
+                           options.device or "cpu")
     if backend == "tensorrt":
         from camdeploy.runtime.tensorrt_engine import EngineOptions
         from camdeploy.runtime.tensorrt_runner import TensorRTRunner
 
         engine = EngineOptions(batch=options.batch, module="tensorrt_rtx" if options.rtx else None)
-        return TensorRTRunner(model, engine, options.box_threshold, spec, options.engine, options.box_source)
+        return TensorRTRunner(model, engine, options.box_threshold, spec, options.engine, options.box_source,
+                              cuda_index(options.device))
     from camdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(model, options.provider, options.threads, options.box_threshold, spec,

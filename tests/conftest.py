@@ -7,6 +7,8 @@
   reason otherwise.
 * ``cuda``: needs a GPU that CUDA sees through cuda-python (the TensorRT runner); skipped with
   CUDA's own reason otherwise. Nothing is ever "passed" by returning early.
+* ``torch_cuda``: needs PyTorch with a CUDA GPU (the reference on ``--device cuda``); skipped with
+  the reason otherwise.
 
 * ``ray``: needs Ray (the ``ray`` extra); skipped with a reason without it, except under CI.
 
@@ -82,6 +84,18 @@ def cuda_reason() -> str | None:
     return None
 
 
+def torch_cuda_reason() -> str | None:
+    """Why the PyTorch reference cannot run on CUDA here, or None when PyTorch sees a GPU."""
+    try:
+        import torch
+    except ImportError:
+        return "PyTorch is not installed (the 'export' extra)"
+    if not torch.cuda.is_available():
+        build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+        return f"no GPU for PyTorch: torch {torch.__version__} is {build} and torch.cuda.is_available() is False"
+    return None
+
+
 def tensorrt_reason() -> str | None:
     """Why TensorRT tests cannot run here, or None when a TensorRT module imports."""
     from camdeploy.errors import CamdeployError
@@ -114,6 +128,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=tensorrt_reason()))
         if item.get_closest_marker("ray") and ray_reason() and not os.environ.get("CAMDEPLOY_CI"):
             item.add_marker(pytest.mark.skip(reason=ray_reason()))  # under CI the test fails importing ray
+        if item.get_closest_marker("torch_cuda") and torch_cuda_reason():
+            item.add_marker(pytest.mark.skip(reason=str(torch_cuda_reason())))
         if item.get_closest_marker("cuda") and cuda_reason():
             item.add_marker(pytest.mark.skip(reason=f"no usable GPU: {cuda_reason()}"))
         if item.get_closest_marker("gpu"):

@@ -137,10 +137,10 @@ def _torchcam_call(reference: Any, topk: int, threshold: float, size: tuple[int,
 
     def call(x: np.ndarray) -> object:
         with torch.inference_mode():
-            logits = classifier(torch.from_numpy(x))
+            logits = classifier(reference.to_device(x))
             top = logits.softmax(1).topk(topk, 1).indices
             maps = torch.stack([extractor(top[:, t].tolist(), logits)[0] for t in range(topk)], 1)
-        return cam_boxes(upsample_and_normalize(maps.numpy(), size), threshold)
+        return cam_boxes(upsample_and_normalize(maps.cpu().numpy(), size), threshold)
 
     return call
 

@@ -73,6 +73,9 @@ def add_runner_options(p: argparse.ArgumentParser, *, torch_model: bool = True, 
     add_int8(p)
     p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
                    help="ONNX Runtime execution provider (default cpu); an unavailable one is an error")
+    p.add_argument("--device", help="where --backend torch runs: cpu (default), cuda or cuda:N (PyTorch eager on "
+                   "that GPU, in IEEE fp32); the GPU of --backend tensorrt: cuda or cuda:N (default cuda:0); "
+                   "--backend ort chooses with --provider")
     p.add_argument("--plan", dest="engine", type=Path, metavar="ENGINE.plan", help="with --backend tensorrt: a "
                    "prebuilt engine (`camdeploy build --output`) instead of the engine cache")
     if engine_alias:
@@ -92,7 +95,7 @@ def runner_options(args: argparse.Namespace, batch: int = 8) -> RunnerOptions:
                          provider=args.provider, int8=args.int8, batch=(1, batch, max(batch, 32)),
                          engine=args.engine, rtx=args.rtx, torch_model=getattr(args, "torch_model", None),
                          feature_module=getattr(args, "feature_module", None),
-                         linear_module=getattr(args, "linear_module", None))
+                         linear_module=getattr(args, "linear_module", None), device=args.device)
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +23,8 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+CUDA_OPTIONS = {"use_tf32": "0"}
+"""Options of ONNX Runtime's CUDA provider: no TensorFloat-32, so that fp32 stays fp32 as on the CPU."""
 BOX_MAPS = ("low", "full")
 """Which maps host boxes come from when no CAMs are asked for (``OnnxRuntimeRunner(box_maps=...)``)."""
 GRAPH_BOXES_FASTER = {"cpu": False, "cuda": True, "tensorrt": True}
@@ -44,6 +47,21 @@ def usable_cpus() -> int:
     """CPUs this process may run on (the affinity mask where the OS has one)."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+_PRELOADED: list[bool] = []
+
+
+def _preload_cuda_libraries(ort: ModuleType) -> None:
+    """Load the CUDA and cuDNN libraries of the nvidia-* pip packages (where they are installed)
+    before the first GPU session: onnxruntime-gpu's providers find them only this way or through
+    the system's library path. Once per process; a failure here shows later as the provider not
+    becoming active, which :meth:`OnnxRuntimeRunner._session` reports."""
+    if _PRELOADED or not hasattr(ort, "preload_dlls"):
+        return
+    _PRELOADED.append(True)
+    with contextlib.suppress(Exception):
+        ort.preload_dlls()
 
 
 def _gpu_install_hint() -> str:
@@ -185,6 +203,8 @@ class OnnxRuntimeRunner(Runner):
                 f"--provider {self.provider}: ONNX Runtime {ort.__version__} here offers only "
                 f"{', '.join(ort.get_available_providers())}; {_gpu_install_hint()}, or use --provider cpu"
             )
+        if self.provider != "cpu":
+            _preload_cuda_libraries(ort)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -202,7 +222,10 @@ class OnnxRuntimeRunner(Runner):
         # TensorRT hands the nodes it cannot take to CUDA, then CPU, as ONNX Runtime recommends.
         providers = {"cpu": [wanted], "cuda": [wanted, "CPUExecutionProvider"],
                      "tensorrt": [wanted, "CUDAExecutionProvider", "CPUExecutionProvider"]}[self.provider]
-        options_per_provider: list[dict[str, str]] = [{} for _ in providers]
+        # CUDA computes in IEEE fp32: its provider enables TensorFloat-32 by default (use_tf32), which
+        # moved Lite0's logits by up to 1.5e-2 and changed 27 of 500 boxes on an H200 (GPU.md).
+        options_per_provider: list[dict[str, str]] = [CUDA_OPTIONS if name == PROVIDERS["cuda"] else {}
+                                                      for name in providers]
         if self.provider == "tensorrt":
             options_per_provider[0] = self._tensorrt_options()
         try:

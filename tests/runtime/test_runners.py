@@ -162,10 +162,140 @@ def test_cuda_provider_runs_and_matches_cpu(tiny):
     x = batch(4)
     with OnnxRuntimeRunner(path, provider="cuda") as gpu, OnnxRuntimeRunner(path) as cpu:
         assert gpu.active_providers[0] == "CUDAExecutionProvider"
-        np.testing.assert_allclose(gpu.infer(x).cams, cpu.infer(x).cams, atol=1e-3)
+        a, b = gpu.infer(x), cpu.infer(x)
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-4, rtol=1e-4)  # IEEE fp32: TF32 would miss this
+    np.testing.assert_allclose(a.cams, b.cams, atol=1e-4)
 
 
 def test_torch_runner_refuses_a_model_with_other_classes(tiny):
     _, _, spec = tiny
     with pytest.raises(CamdeployError, match="has 7 classes but the exported model has 10"):
         TorchRunner(seeded(TorchvisionStyle(classes=7)), spec).open()
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:0", ""])
+def test_torch_device_is_checked_for_form(tiny, device):
+    model, _, spec = tiny
+    with pytest.raises(CamdeployError, match=r"--device .*: expected cpu, cuda or cuda:N"):
+        TorchRunner(model, spec, device=device)
+
+
+def test_torch_runner_on_cpu_device_says_where_it_runs(tiny):
+    model, _, spec = tiny
+    x = batch(3, seed=7)
+    with TorchRunner(model, spec, device="cpu") as explicit, TorchRunner(model, spec) as default:
+        a, b = explicit.infer(x), default.infer(x)
+        assert explicit.describe()["device"] == "cpu" and explicit.computes_on_cpu
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+
+
+def test_torch_on_cuda_without_a_gpu_is_one_clear_error(tiny, monkeypatch):
+    import torch
+
+    model, _, spec = tiny
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    runner = TorchRunner(model, spec, device="cuda")
+    assert not runner.computes_on_cpu and runner.execution == "PyTorch eager, fp32, cuda"
+    with pytest.raises(CamdeployError, match=r"--device cuda: PyTorch .* sees no CUDA GPU; use --device cpu"):
+        runner.open()
+    assert not runner.is_open
+
+
+def test_torch_on_a_cuda_index_that_does_not_exist(tiny, monkeypatch):
+    import torch
+
+    model, _, spec = tiny
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(CamdeployError, match=r"--device cuda:3: PyTorch sees 1 CUDA GPU"):
+        TorchRunner(model, spec, device="cuda:3").open()
+
+
+def test_ieee_fp32_switches_tf32_off_and_restores_it():
+    import torch
+
+    from camdeploy.export.reference import _ieee_fp32
+
+    conv = torch.backends.cudnn.conv
+    before = (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    with _ieee_fp32():
+        assert (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
+
+
+def test_device_reaches_the_backends_that_take_it(tiny):
+    from camdeploy.backends import RunnerOptions, cuda_index, make_runner
+
+    model, path, spec = tiny
+    runner = make_runner("torch", path, RunnerOptions(torch_model=model, device="cuda:1"), spec)
+    assert isinstance(runner, TorchRunner) and runner.device == "cuda:1"
+    assert make_runner("torch", path, RunnerOptions(torch_model=model), spec).device == "cpu"
+    assert make_runner("tensorrt", path, RunnerOptions(device="cuda:2"), spec).device == 2
+    assert [cuda_index(d) for d in (None, "cuda", "cuda:3")] == [0, 0, 3]
+    with pytest.raises(CamdeployError, match=r"--device 'cpu': TensorRT runs on an NVIDIA GPU"):
+        make_runner("tensorrt", path, RunnerOptions(device="cpu"), spec)
+    with pytest.raises(CamdeployError, match=r"--device cuda: ONNX Runtime chooses its device with --provider"):
+        make_runner("ort", path, RunnerOptions(device="cuda"), spec)
+    assert RunnerOptions(device="cuda").for_backend("ort").device is None
+    assert RunnerOptions(device="cuda").for_backend("tensorrt").device == "cuda"
+
+
+def test_run_command_takes_a_device_for_the_reference(tiny, tmp_path, capsys, monkeypatch):
+    import cv2
+    import torch
+
+    from camdeploy.cli import main
+
+    _, path, _ = tiny
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cv2.imwrite(str(tmp_path / "a.png"), np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    model_arg = ["--model", "tiny_models:TorchvisionStyle"]
+    assert main(["run", str(path), str(tmp_path / "a.png"), "--out", str(tmp_path / "ref"), "--backend", "torch",
+                 "--device", "cpu", *model_arg]) == 0
+    assert main(["run", str(path), str(tmp_path / "a.png"), "--out", str(tmp_path / "gpu"), "--backend", "torch",
+                 "--device", "cuda", *model_arg]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda: PyTorch" in err[0] and "sees no CUDA GPU" in err[0]
+    assert not (tmp_path / "gpu" / "results.jsonl").exists()
+
+
+@pytest.mark.torch_cuda
+def test_torch_reference_on_cuda_equals_cpu(tiny):
+    model, _, spec = tiny
+    x = batch(6, seed=11)
+    with TorchRunner(model, spec, device="cpu") as cpu:
+        a, weight = cpu.infer(x, features=True), cpu.class_weight()
+    try:
+        with TorchRunner(model, spec, device="cuda") as gpu:
+            b = gpu.infer(x, features=True)
+            np.testing.assert_array_equal(gpu.class_weight(), weight)
+            assert next(model.parameters()).is_cuda, "the model runs on the GPU"
+    finally:
+        model.to("cpu")  # the module fixture is shared with the other tests
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(a.features, b.features, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(a.cams, b.cams, atol=1e-4)
+    assert (a.boxes == b.boxes).all(axis=-1).mean() >= 0.9, "boxes differ only where CAMs round across tau"
+
+
+@pytest.mark.parametrize(("provider", "expected"), [
+    ("cuda", [{"use_tf32": "0"}, {}]),
+    ("tensorrt", [None, {"use_tf32": "0"}, {}]),
+])
+def test_cuda_provider_computes_in_ieee_fp32(tiny, monkeypatch, provider, expected):
+    """ONNX Runtime's CUDA provider enables TensorFloat-32 unless told not to; the runner tells it."""
+    _, path, _ = tiny
+    seen = {}
+
+    def spy(model, sess_options=None, providers=None, provider_options=None):
+        seen["providers"], seen["options"] = providers, provider_options
+        raise RuntimeError("spied")
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                                 "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    with pytest.raises(CamdeployError, match="spied"):
+        OnnxRuntimeRunner(path, provider=provider).open()
+    assert [o if e is not None else None for o, e in zip(seen["options"], expected, strict=True)] == expected
