@@ -7,7 +7,10 @@ TF32 is off unless asked for, so that an fp32 engine stays close to the fp32 ref
 
 ``tensorrt_rtx`` (TensorRT for RTX, PyPI ``tensorrt-rtx-cu13``) parses and builds without a GPU:
 building a serialized engine is the real proof that every node, operator and attribute is
-accepted. NVIDIA's ``tensorrt`` is used instead when installed. Everything is imported lazily.
+accepted. NVIDIA's ``tensorrt`` is used instead when installed. On a GPU, TensorRT for RTX runs
+only on the compute capabilities it supports (:data:`RTX_COMPUTE_CAPABILITIES`: GeForce and RTX
+cards, not data-centre GPUs such as the H100 or H200); there it is refused, never used.
+Everything is imported lazily.
 
 Engines are cached under ``<cache>/tensorrt/``, keyed by the ONNX file's SHA-256, the TensorRT
 module and version, the GPU (name and compute capability) and the build options; a plan is
@@ -20,6 +23,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +34,31 @@ from camdeploy.errors import CamdeployError
 from camdeploy.runtime import cuda
 
 MODULES = ("tensorrt_rtx", "tensorrt")
+RTX_COMPUTE_CAPABILITIES = ("7.5", "8.6", "8.9", "12.x")
+"""The GPUs TensorRT for RTX runs on (its support matrix: Turing, Ampere and Ada RTX cards, Blackwell)."""
+
+
+def rtx_supports(gpu: str) -> bool:
+    """Whether TensorRT for RTX runs on ``gpu`` (a :func:`~camdeploy.runtime.cuda.gpu_descriptor`,
+    ``name (sm_XY)``); True without a GPU, where it only parses and builds."""
+    found = re.search(r"\(sm_(\d+)(\d)\)$", gpu)
+    if gpu == cuda.NO_GPU or found is None:
+        return True
+    major, minor = found.groups()
+    return major == "12" or f"{major}.{minor}" in RTX_COMPUTE_CAPABILITIES
+
+
+def check_rtx_gpu(trt: ModuleType, gpu: str, chosen: str | None) -> None:
+    """Refuse TensorRT for RTX on a GPU outside :data:`RTX_COMPUTE_CAPABILITIES`, in one line.
+
+    ``chosen``: the module asked for (``--rtx`` gives ``tensorrt_rtx``), or None when TensorRT for
+    RTX was the fallback because NVIDIA's ``tensorrt`` is not installed."""
+    if trt.__name__ != "tensorrt_rtx" or rtx_supports(gpu):
+        return
+    why = "--rtx: TensorRT for RTX" if chosen else "NVIDIA's tensorrt is not installed, and TensorRT for RTX"
+    raise CamdeployError(f"{why} does not run on {gpu}: it supports compute capabilities "
+                         f"{', '.join(RTX_COMPUTE_CAPABILITIES)} only; install NVIDIA's tensorrt "
+                         "(pip install 'camdeploy[tensorrt]') or use --backend ort")
 
 
 def load_tensorrt(prefer: str | None = None) -> ModuleType:
@@ -202,6 +231,7 @@ def build_engine(onnx_path: str | os.PathLike[str], options: EngineOptions = Eng
         raise CamdeployError(f"MODEL {source}: cannot read it ({exc.strerror or exc})") from exc
     trt = options.tensorrt()
     gpu = cuda.gpu_descriptor(device)
+    check_rtx_gpu(trt, gpu, options.module)
     if gpu != cuda.NO_GPU:  # TensorRT builds for the current device: make it the one named in the key
         cuda.check(cuda.cudart().cudaSetDevice(device), "cudaSetDevice")
     key = engine_key(onnx_bytes, trt.__name__, trt.__version__, gpu, options)

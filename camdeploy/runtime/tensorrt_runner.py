@@ -18,7 +18,7 @@ from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec, read_spec
 from camdeploy.runtime import cuda
 from camdeploy.runtime.runner import Runner, resolve_box_source
-from camdeploy.runtime.tensorrt_engine import EngineOptions, build_engine
+from camdeploy.runtime.tensorrt_engine import EngineOptions, build_engine, check_rtx_gpu
 
 
 class TensorRTRunner(Runner):
@@ -75,8 +75,9 @@ class TensorRTRunner(Runner):
                                              prefer_graph=True,
                                              own_threshold=self.box_threshold == self.spec.box_threshold,
                                              model=self.model_path)
-        plan_path = self.plan or build_engine(self.model_path, self.options, device=self.device).path
         trt = self.options.tensorrt()
+        check_rtx_gpu(trt, self.gpu, self.options.module)
+        plan_path = self.plan or build_engine(self.model_path, self.options, device=self.device).path
         runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
         try:
             engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())

@@ -304,3 +304,37 @@ def test_runner_logic_with_fake_cuda_and_engine(tiny, tmp_path, monkeypatch, box
     np.testing.assert_array_equal(small.boxes, expected.boxes[:2])
     assert small.features is not None and large.features is None
     assert cuda.calls[:2] == ["h2d", "d2h"] and cuda.calls.count("sync") >= 3
+
+
+@pytest.mark.parametrize(("gpu", "runs"), [
+    ("NVIDIA H200 (sm_90)", False), ("NVIDIA A100-SXM4-80GB (sm_80)", False), ("Tesla V100 (sm_70)", False),
+    ("NVIDIA GeForce RTX 2080 Ti (sm_75)", True), ("NVIDIA GeForce RTX 3090 (sm_86)", True),
+    ("NVIDIA GeForce RTX 4090 (sm_89)", True), ("NVIDIA GeForce RTX 5090 (sm_120)", True),
+    ("NVIDIA GB10 (sm_121)", True), (NO_GPU, True),
+])
+def test_tensorrt_for_rtx_runs_only_on_the_gpus_it_supports(gpu, runs):
+    from camdeploy.runtime.tensorrt_engine import rtx_supports
+
+    assert rtx_supports(gpu) is runs
+
+
+@pytest.mark.parametrize(("module", "message"), [
+    (None, r"NVIDIA's tensorrt is not installed, and TensorRT for RTX does not run on NVIDIA H200 \(sm_90\): it "
+           r"supports compute capabilities 7.5, 8.6, 8.9, 12.x only; install NVIDIA's tensorrt"),
+    ("tensorrt_rtx", r"--rtx: TensorRT for RTX does not run on NVIDIA H200 \(sm_90\)"),
+])
+def test_tensorrt_for_rtx_is_refused_on_an_h200_never_used(tiny, tmp_path, monkeypatch, module, message):
+    from types import SimpleNamespace
+
+    rtx = SimpleNamespace(__name__="tensorrt_rtx", __version__="1.4")
+    monkeypatch.setattr(EngineOptions, "tensorrt", lambda options: rtx)
+    monkeypatch.setattr(cuda_module, "gpu_descriptor", lambda device=0: "NVIDIA H200 (sm_90)")
+    monkeypatch.setattr(cuda_module, "require_gpu", lambda device=0: "NVIDIA H200 (sm_90)")
+    monkeypatch.setattr(cuda_module, "cudart", lambda: SimpleNamespace(cudaSetDevice=lambda device: (0,)))
+    with pytest.raises(CamdeployError, match=message):
+        build_engine(tiny, EngineOptions(module=module), cache_folder=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists(), "nothing was built"
+    runner = TensorRTRunner(tiny, EngineOptions(module=module))
+    with pytest.raises(CamdeployError, match=message):
+        runner.open()
+    assert not runner.is_open
