@@ -52,15 +52,30 @@ def gpu_descriptor(device: int = 0) -> str:
     return f"{name.strip(chr(0))} (sm_{props.major}{props.minor})"
 
 
+def has_driver() -> bool:
+    """Whether NVIDIA's driver library (``libcuda.so.1``, ``nvcuda.dll``) can be loaded at all."""
+    import ctypes
+    import sys
+
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def require_gpu(device: int = 0) -> str:
     """The GPU descriptor, or a clear error saying why there is no usable GPU."""
     runtime = cudart()
     error, count = runtime.cudaGetDeviceCount()
     if int(error) != 0 or not count:
-        why = runtime.cudaGetErrorString(error)[1] if int(error) != 0 else b"no CUDA device"
-        why = why.decode() if isinstance(why, bytes) else str(why)
-        raise CamdeployError(f"the TensorRT runner needs an NVIDIA GPU: CUDA says {why!r}; engines can still be "
-                             "built without one (`camdeploy build --rtx`), or use --backend ort")
+        if not has_driver():  # CUDA then says 'driver version is insufficient', which misleads
+            why = "this machine has no NVIDIA driver (libcuda cannot be loaded), so no GPU"
+        else:
+            message = runtime.cudaGetErrorString(error)[1] if int(error) != 0 else b"no CUDA device"
+            why = f"CUDA says {message.decode() if isinstance(message, bytes) else message!r}"
+        raise CamdeployError(f"the TensorRT runner needs an NVIDIA GPU: {why}; engines can still be built "
+                             "without one (`camdeploy build --rtx`), or use --backend ort")
     return gpu_descriptor(device)
 
 

@@ -338,3 +338,16 @@ def test_tensorrt_for_rtx_is_refused_on_an_h200_never_used(tiny, tmp_path, monke
     with pytest.raises(CamdeployError, match=message):
         runner.open()
     assert not runner.is_open
+
+
+@pytest.mark.parametrize(("driver", "message"), [
+    (False, r"needs an NVIDIA GPU: this machine has no NVIDIA driver \(libcuda cannot be loaded\), so no GPU; "),
+    (True, r"needs an NVIDIA GPU: CUDA says 'fake error'; "),
+])
+def test_no_gpu_reason_names_a_missing_driver(monkeypatch, driver, message):
+    cuda = _FakeCuda()
+    monkeypatch.setattr(cuda, "cudaGetDeviceCount", lambda: (35, 0))  # cudaErrorInsufficientDriver
+    monkeypatch.setattr(cuda_module, "cudart", lambda: cuda)
+    monkeypatch.setattr(cuda_module, "has_driver", lambda: driver)
+    with pytest.raises(CamdeployError, match=message):
+        cuda_module.require_gpu()
