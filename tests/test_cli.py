@@ -288,7 +288,12 @@ def test_a_folder_of_good_and_bad_files(user_model_dir, capsys):
     assert len([line for line in captured.err.splitlines() if line.startswith("camdeploy: warning: skipped")]) == 12
     manifest = json.loads(Path("out/run.json").read_text())
     # 30 image files listed (21 good, 9 unreadable) and 3 entries left out by the listing itself
-    assert manifest["counts"] == {"listed": 30, "processed": 21, "previously": 0, "skipped": 12, "remaining": 0}
+    assert manifest["counts"] == {"listed": 30, "processed": 21, "previously": 0, "skipped": 12, "remaining": 0,
+                                  "unlisted": 0}
+    # the folder named like an image is walked, not left out: its warning stays in run.json, not in failures
+    assert [w for w in manifest["warnings"] if "album.jpg" in w] == ["mixed/album.jpg is a folder, not an image "
+                                                                     "file; its contents are listed"]
+    assert "album.jpg" not in reasons
     assert main(["run", "u.onnx", "mixed", "--out", "out2", "--no-progress", "--max-pixels", "50000",
                  "--allow-partial"]) == 0
 

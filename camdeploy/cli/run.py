@@ -51,7 +51,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="a model written by `camdeploy export`")
     p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders (recursive, following "
                    "symbolic links)")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (one writer at a time: a second run, resume or "
+                   "overwrite of the same folder is refused while this one runs)")
     add_backend(p)
     add_runner_options(p, engine_alias=False)
     p.add_argument("--engine", action=EngineChoice, metavar="{local,ray}", default="local", dest="run_engine",
@@ -126,6 +127,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CamdeployError(f"--batch-size {args.batch_size}: expected 1 to {MAX_BATCH}")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise CamdeployError(f"--max-pixels {args.max_pixels}: expected a positive number of pixels")
+    if not args.out.strip():
+        raise CamdeployError("--out '': expected a folder path (an empty one would write into the current folder)")
+    args.out = Path(args.out)
     listing = list_inputs(args.inputs)
     out = args.out.resolve()
     listing.files = [p for p in listing.files if out not in p.resolve().parents]  # not our own overlays
@@ -161,6 +165,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{summary.results_path}")
     if summary.previously:
         print(f"{summary.previously} images were already done (--resume)")
+    if summary.unlisted:
+        print(f"{summary.unlisted} results in {summary.results_path} are of files this run did not list (the run "
+              "that wrote them had other inputs); they are kept, and run.json counts them as unlisted")
     if not finished:
         print(f"camdeploy run: error: none of the {summary.total} inputs could be read; see "
               f"{summary.failures_path}", file=sys.stderr)
@@ -176,13 +183,15 @@ def _run_on_ray(args: argparse.Namespace, runner: Runner, listing: Listing, opti
     """``run --engine ray``: check the model here, then run on the cluster (see camdeploy.distributed)."""
     from camdeploy.distributed.cluster import RayOptions, import_ray, ray_session
     from camdeploy.distributed.ray_batch import RayBatchOptions, default_actors, run_on_ray
+    from camdeploy.lock import hold_folder
 
     import_ray()  # without the extra: one line, before anything starts
     with runner:  # a model that does not load stops here, before any cluster starts
         pass
     batch = RayBatchOptions(actors=args.actors, threads=args.threads or 1)
-    # Ray replaces the SIGTERM handler when it starts: install ours after it.
-    with ray_session(RayOptions(address=args.address)) as session, sigterm_as_interrupt():
+    # The folder is this run's before a cluster starts (another writer is refused at once); Ray
+    # replaces the SIGTERM handler when it starts: install ours after it.
+    with hold_folder(args.out), ray_session(RayOptions(address=args.address)) as session, sigterm_as_interrupt():
         actors = default_actors(session.cpus, batch.threads) if batch.actors is None else batch.actors
         where = "a private local cluster" if session.started else f"the cluster at {session.address}"
         pool = f"{actors} actor{'s' if actors > 1 else ''} x {batch.threads} thread{'s' if batch.threads > 1 else ''}"
