@@ -4,6 +4,7 @@ import json
 import pkgutil
 import subprocess
 import sys
+import time
 import textwrap
 from pathlib import Path
 
@@ -317,3 +318,26 @@ def test_a_closed_output_pipe_ends_quietly_with_141():
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 141
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_ctrl_c_in_the_first_second_is_one_line_not_a_traceback(tmp_path):
+    """Ctrl-C while the command is still importing its modules (ONNX Runtime, OpenCV) or parsing its
+    arguments: 'interrupted' and 130, as later. (A signal before Python has started camdeploy's code
+    at all, in the first few tens of milliseconds, is Python's to report.)"""
+    import signal
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    for delay in (0.25, 0.45, 0.65):
+        process = subprocess.Popen([sys.executable, "-m", "camdeploy", "run", str(tmp_path / "none.onnx"),
+                                    str(images), "--out", str(tmp_path / "out")], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        if process.returncode == 1 and "MODEL" in err:  # it got as far as the model before the signal
+            continue
+        assert "Traceback" not in err, err
+        assert process.returncode == 130 and len(err.strip().splitlines()) == 1, err
+        assert err.strip() in ("camdeploy: interrupted", "camdeploy run: interrupted"), err
