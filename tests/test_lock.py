@@ -241,7 +241,7 @@ def test_an_empty_out_is_refused(tiny, tmp_path, capsys, monkeypatch):
 def held_at_lock(process: subprocess.Popen, lock: Path) -> None:
     """Wait until the command took its lock, then stop it there (SIGSTOP)."""
     deadline = time.monotonic() + 120
-    while not lock.exists():
+    while not (lock.exists() and lock.stat().st_size > 0):  # taken, and its holder's details written
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the command never took its lock"
         time.sleep(0.002)

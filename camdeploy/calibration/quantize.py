@@ -37,7 +37,7 @@ import onnx
 from camdeploy.atomic import save_onnx
 from camdeploy.calibration.data import CalibrationData
 from camdeploy.errors import CamdeployError
-from camdeploy.graph import CALIBRATION_FILES, producers
+from camdeploy.graph import CALIBRATION_FILES, load, producers
 from camdeploy.lock import hold_file
 from camdeploy.runtime.int8 import TARGET_KEY, WEIGHT_BITS_KEY
 from camdeploy.runtime.onnxruntime_runner import import_onnxruntime
@@ -227,7 +227,7 @@ def _quantize_int8(model_path: str | Path, output: Path, data: CalibrationData, 
     if config.target not in TARGETS:
         raise CamdeployError(f"--target {config.target!r}: expected one of {', '.join(TARGETS)}")
     symmetric = config.target == "tensorrt"
-    model = _named(onnx.load(str(model_path)))
+    model = _named(load(model_path))
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
     extra: dict[str, object] = {"WeightSymmetric": True, "CalibPercentile": config.percentile,
@@ -303,7 +303,7 @@ def _convert_fp16(model_path: str | Path, output: Path, keep_head_fp32: bool) ->
     import_onnxruntime()  # a clear error when it is missing
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = _named(onnx.load(str(model_path)))
+    model = _named(load(model_path))
     block = head_nodes(model) if keep_head_fp32 else []
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
     converted = _topological(_without_float16_round_trips(converted, set(block)))

@@ -9,9 +9,10 @@ interrupted (Ctrl-C or SIGTERM); 141 the reader of the output went away (``camde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from camdeploy.errors import CamdeployError
@@ -45,10 +46,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def interrupt_after() -> Iterator[None]:
+    """Ctrl-C during the block takes effect at its end (KeyboardInterrupt then): for imports of
+    compiled modules, some of which end the process when interrupted while they load (onnx's
+    nanobind module calls terminate()). Outside the main thread the block runs as it is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
+def _preload(command: str | None) -> None:
+    """Import what ``command`` will need from compiled libraries now, where Ctrl-C waits for them."""
+    if command in ("run", "info", "eval", "bench", "calibrate", "convert", "serve", "triton", "check", "build"):
+        import cv2  # noqa: F401
+        import onnx  # noqa: F401
+
+        with contextlib.suppress(ImportError):  # a missing runtime is the command's to report
+            import onnxruntime  # noqa: F401
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     name = "camdeploy"
     try:
-        args = build_parser().parse_args(argv)
+        with interrupt_after():
+            args = build_parser().parse_args(argv)
+            _preload(args.command)
         name = f"camdeploy {args.command}"
         return int(args.func(args))
     except CamdeployError as exc:

@@ -437,6 +437,20 @@ def make_foreign_models(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
+def test_a_model_path_that_is_a_device_or_too_large_is_refused_before_reading(host, tmp_path):
+    image = tmp_path / "a.png"
+    assert cv2.imwrite(str(image), smooth_picture(16, 16))
+    done = run_host(host, "/dev/zero", image)  # used to be read until memory ran out
+    assert done.returncode == 1 and stderr_lines(done) == [
+        "camdeploy-host: error: MODEL /dev/zero: not a regular file; expected an .onnx file written by `camdeploy "
+        "export`"]
+    big = tmp_path / "big.onnx"
+    with open(big, "wb") as handle:
+        handle.truncate(3 * 2**30)  # sparse
+    done = run_host(host, big, image)
+    assert done.returncode == 1 and "MODEL " + str(big) + ": 3072 MiB is more than the limit of 2048 MiB" in done.stderr
+
+
 @pytest.mark.parametrize("case", ["missing", "folder", "not onnx", "no metadata", "wrong topk"])
 def test_bad_model_is_one_line_and_exit_1(host, tmp_path, case):
     model, reason = make_foreign_models(tmp_path)[case]
