@@ -9,6 +9,7 @@ computes boxes itself, :data:`BOX_OUTPUTS`; metadata in :mod:`camdeploy.metadata
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 import onnx
@@ -32,8 +33,59 @@ VERIFICATION_KEY = "camdeploy.calibration_verification"
 """Metadata key of an INT8 model: JSON of its verification on held-back images (their ``files`` too)."""
 
 
+MAX_MODEL_ENV = "CAMDEPLOY_MAX_MODEL_MB"
+"""Environment variable overriding :data:`DEFAULT_MAX_MODEL_MB`."""
+DEFAULT_MAX_MODEL_MB = 2048
+"""The largest model file read, in MiB: a self-contained ONNX file is one protobuf message, which
+cannot exceed 2 GiB."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def not_a_file(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` (followed through symbolic links) is not a regular file that can be read, or
+    None when it is one: ``a character device``, ``a symbolic link to nothing``, ..."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a symbolic link to nothing (its target is missing)" if os.path.islink(path) else "no such file"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
+def check_model_file(path: str | os.PathLike[str], label: str = "MODEL") -> int:
+    """Check a model (or engine) path before anything reads it: a regular file (not a device, a fifo
+    or a folder, which would be read for ever or block), no larger than ``$CAMDEPLOY_MAX_MODEL_MB``
+    (default :data:`DEFAULT_MAX_MODEL_MB`). Returns its size; refuses in one line naming ``label``."""
+    why = not_a_file(path)
+    if why == "no such file":
+        raise CamdeployError(f"{label} {path}: no such file; expected an .onnx file written by `camdeploy export`")
+    if why is not None:
+        raise CamdeployError(f"{label} {path}: {why}; expected a regular file (an .onnx file written by "
+                             "`camdeploy export`)")
+    size = os.stat(path).st_size
+    text = os.environ.get(MAX_MODEL_ENV, "")
+    try:
+        limit_mb = float(text) if text else DEFAULT_MAX_MODEL_MB
+    except ValueError:
+        raise CamdeployError(f"${MAX_MODEL_ENV} {text!r}: expected a number of MiB") from None
+    if size > limit_mb * 2**20:
+        raise CamdeployError(f"{label} {path}: {size / 2**20:.0f} MiB is more than the limit of {limit_mb:g} MiB "
+                             f"(a self-contained ONNX file stays under 2048); set ${MAX_MODEL_ENV} to raise it")
+    return size
+
+
 def load(path: str | os.PathLike[str], *, weights: bool = True) -> onnx.ModelProto:
-    """Read an ``.onnx`` file; a missing, empty or unreadable file is a one-line error naming it."""
+    """Read an ``.onnx`` file; a missing, empty or unreadable file is a one-line error naming it, and
+    so is a path that is no regular file or is too large (:func:`check_model_file`), before reading."""
+    check_model_file(path)
     try:
         model = onnx.load(str(path), load_external_data=weights)
     except FileNotFoundError:

@@ -151,3 +151,17 @@ def lite0_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
         input_size=source.input_size, normalization=source.normalization,
         class_names=tuple(imagenet_classes()), source_model=source.name))
     return path
+
+
+def lying_jpeg(data: bytes, width: int, height: int) -> bytes:
+    """``data`` (a JPEG) with its start-of-frame header claiming ``width x height``: the data then
+    runs out long before the pixels the header promises (a hostile or damaged file)."""
+    import struct
+
+    at = 2
+    while at + 9 < len(data):
+        marker, length = data[at + 1], struct.unpack(">H", data[at + 2:at + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2):
+            return data[:at + 5] + struct.pack(">HH", height, width) + data[at + 9:]
+        at += 2 + length
+    raise ValueError("no start-of-frame marker")

@@ -1,10 +1,12 @@
 """The command line: help everywhere, the torch-free runtime path, one-line errors, export/run/info."""
 
 import json
+import os
 import pkgutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import cv2
@@ -13,6 +15,7 @@ import pytest
 
 import camdeploy
 from camdeploy.cli import build_parser, main
+from camdeploy.errors import CamdeployError
 
 SUBCOMMANDS = ["export", "run", "serve", "info", "demo", "eval", "bench", "calibrate", "convert", "check"]
 # Every module but the PyTorch side (export/, models/), which needs torch by design, and
@@ -288,7 +291,12 @@ def test_a_folder_of_good_and_bad_files(user_model_dir, capsys):
     assert len([line for line in captured.err.splitlines() if line.startswith("camdeploy: warning: skipped")]) == 12
     manifest = json.loads(Path("out/run.json").read_text())
     # 30 image files listed (21 good, 9 unreadable) and 3 entries left out by the listing itself
-    assert manifest["counts"] == {"listed": 30, "processed": 21, "previously": 0, "skipped": 12, "remaining": 0}
+    assert manifest["counts"] == {"listed": 30, "processed": 21, "previously": 0, "skipped": 12, "remaining": 0,
+                                  "unlisted": 0}
+    # the folder named like an image is walked, not left out: its warning stays in run.json, not in failures
+    assert [w for w in manifest["warnings"] if "album.jpg" in w] == ["mixed/album.jpg is a folder, not an image "
+                                                                     "file; its contents are listed"]
+    assert "album.jpg" not in reasons
     assert main(["run", "u.onnx", "mixed", "--out", "out2", "--no-progress", "--max-pixels", "50000",
                  "--allow-partial"]) == 0
 
@@ -312,3 +320,100 @@ def test_a_closed_output_pipe_ends_quietly_with_141():
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 141
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_ctrl_c_in_the_first_second_is_one_line_not_a_traceback(tmp_path):
+    """Ctrl-C while the command is still importing its modules (ONNX Runtime, OpenCV) or parsing its
+    arguments: 'interrupted' and 130, as later. (A signal before Python has started camdeploy's code
+    at all, in the first few tens of milliseconds, is Python's to report.)"""
+    import signal
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    for delay in (0.25, 0.45, 0.65):
+        process = subprocess.Popen([sys.executable, "-m", "camdeploy", "run", str(tmp_path / "none.onnx"),
+                                    str(images), "--out", str(tmp_path / "out")], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        if process.returncode == 1 and "MODEL" in err:  # it got as far as the model before the signal
+            continue
+        assert "Traceback" not in err, err
+        assert process.returncode == 130 and len(err.strip().splitlines()) == 1, err
+        assert err.strip() in ("camdeploy: interrupted", "camdeploy run: interrupted"), err
+
+
+def _run_measured(args: list[str], timeout: float = 60) -> tuple[int, str, int]:
+    """Exit status, stderr and the peak resident memory (KiB) of ``python ARGS`` in its own process
+    (a forked child starts with this process's memory: compare with ``python -c pass``)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        process = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"camdeploy {' '.join(args)} did not end within {timeout} s")
+            time.sleep(0.02)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return process.returncode, err.read().decode(), usage.ru_maxrss
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "huge", "folder"])
+def test_a_model_path_that_is_no_regular_file_or_too_large_is_refused_before_reading(tmp_path, kind):
+    """/dev/zero used to be read until memory ran out, a fifo blocked for ever: each is refused in one
+    line, exit 1, in the memory of a command that read nothing."""
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    if kind == "device":
+        model, why = Path("/dev/zero"), "a character device"
+    elif kind == "fifo":
+        model, why = tmp_path / "model.onnx", "a fifo"
+        os.mkfifo(model)
+    elif kind == "folder":
+        model, why = tmp_path / "model.onnx", "a folder"
+        model.mkdir()
+    else:
+        model, why = tmp_path / "model.onnx", "3072 MiB is more than the limit of 2048 MiB"
+        with open(model, "wb") as handle:
+            handle.truncate(3 * 2**30)  # sparse: takes no room
+    _, _, baseline_kib = _run_measured(["-c", "pass"])
+    for args in (["run", str(model), str(images), "--out", str(tmp_path / "out")], ["info", str(model)]):
+        code, err, peak_kib = _run_measured(["-m", "camdeploy", *args])
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert f"error: MODEL {model}: {why}" in err, err
+        assert peak_kib < baseline_kib + 400 * 1024, (peak_kib, baseline_kib)  # its libraries, never the file
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_model_size_limit_can_be_raised(tmp_path, monkeypatch):
+    from camdeploy.graph import check_model_file
+
+    model = tmp_path / "model.onnx"
+    with open(model, "wb") as handle:
+        handle.truncate(3 * 2**20)
+    monkeypatch.setenv("CAMDEPLOY_MAX_MODEL_MB", "2")
+    with pytest.raises(CamdeployError, match=r"3 MiB is more than the limit of 2 MiB .* set \$CAMDEPLOY_MAX_MODEL_MB"):
+        check_model_file(model)
+    monkeypatch.setenv("CAMDEPLOY_MAX_MODEL_MB", "4")
+    assert check_model_file(model) == 3 * 2**20
+
+
+def test_a_link_to_a_device_in_a_folder_gets_the_reason_of_the_device_itself(tmp_path):
+    from camdeploy.runtime.inputs import list_inputs
+
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    listing = list_inputs([str(tmp_path)])
+    assert dict(listing.problems) == {str(tmp_path / "gone.jpg"): "a symbolic link to nothing (its target is missing)",
+                                      str(tmp_path / "zero.jpg"): "not a regular file (a character device)"}
+    named = list_inputs([str(tmp_path / "zero.jpg")])
+    assert named.problems == [(str(tmp_path / "zero.jpg"), "not a regular file (a character device)")]

@@ -37,7 +37,8 @@ import onnx
 from camdeploy.atomic import save_onnx
 from camdeploy.calibration.data import CalibrationData
 from camdeploy.errors import CamdeployError
-from camdeploy.graph import CALIBRATION_FILES, producers
+from camdeploy.graph import CALIBRATION_FILES, load, producers
+from camdeploy.lock import hold_file
 from camdeploy.runtime.int8 import TARGET_KEY, WEIGHT_BITS_KEY
 from camdeploy.runtime.onnxruntime_runner import import_onnxruntime
 
@@ -210,8 +211,14 @@ def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationD
 
     ``verify``, when given, is called with the finished model (in a scratch folder) before anything
     is written at ``output``; it raises :class:`CamdeployError` to refuse the model, or returns
-    metadata to record in it.
+    metadata to record in it. Holds ``output``'s lock (:mod:`camdeploy.lock`) while it works.
     """
+    with hold_file(Path(output)):
+        return _quantize_int8(model_path, Path(output), data, config, verify)
+
+
+def _quantize_int8(model_path: str | Path, output: Path, data: CalibrationData, config: Int8Config,
+                   verify: Callable[[Path], dict[str, str]] | None) -> Path:
     import_onnxruntime()  # a clear error when it is missing
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -220,7 +227,7 @@ def quantize_int8(model_path: str | Path, output: str | Path, data: CalibrationD
     if config.target not in TARGETS:
         raise CamdeployError(f"--target {config.target!r}: expected one of {', '.join(TARGETS)}")
     symmetric = config.target == "tensorrt"
-    model = _named(onnx.load(str(model_path)))
+    model = _named(load(model_path))
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
     extra: dict[str, object] = {"WeightSymmetric": True, "CalibPercentile": config.percentile,
@@ -286,11 +293,17 @@ def _without_float16_round_trips(model: onnx.ModelProto, float32_nodes: set[str]
 
 
 def convert_fp16(model_path: str | Path, output: str | Path, keep_head_fp32: bool = True) -> Path:
-    """Write an FP16 variant of ``model_path``: float32 inputs and outputs, float16 backbone."""
+    """Write an FP16 variant of ``model_path``: float32 inputs and outputs, float16 backbone (holding
+    ``output``'s lock, :mod:`camdeploy.lock`)."""
+    with hold_file(Path(output)):
+        return _convert_fp16(model_path, Path(output), keep_head_fp32)
+
+
+def _convert_fp16(model_path: str | Path, output: Path, keep_head_fp32: bool) -> Path:
     import_onnxruntime()  # a clear error when it is missing
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = _named(onnx.load(str(model_path)))
+    model = _named(load(model_path))
     block = head_nodes(model) if keep_head_fp32 else []
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
     converted = _topological(_without_float16_round_trips(converted, set(block)))

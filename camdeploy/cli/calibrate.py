@@ -6,8 +6,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from camdeploy.errors import CamdeployError
+
+if TYPE_CHECKING:
+    from camdeploy.metadata import ModelSpec
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -56,14 +60,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from camdeploy.calibration.data import CalibrationData, draw_images
-    from camdeploy.calibration.quantize import Int8Config, quantize_int8
-    from camdeploy.calibration.verify import compare_models, refuse_disagreement
+    from camdeploy.lock import hold_file
     from camdeploy.metadata import read_spec
 
     if not 0.0 <= args.min_agreement <= 1.0:
         raise CamdeployError(f"--min-agreement {args.min_agreement}: expected a fraction in [0, 1], e.g. 0.9")
     spec = read_spec(args.model)
+    with hold_file(args.output):  # the draw and the verification take minutes: refuse a second writer first
+        return _calibrate(args, spec)
+
+
+def _calibrate(args: argparse.Namespace, spec: ModelSpec) -> int:
+    from camdeploy.calibration.data import CalibrationData, draw_images
+    from camdeploy.calibration.quantize import Int8Config, quantize_int8
+    from camdeploy.calibration.verify import compare_models, refuse_disagreement
+
     excluded: list[Path] = []
     if args.exclude_data:
         from camdeploy.eval.datasets import open_dataset

@@ -73,6 +73,15 @@ def _normalization(args: argparse.Namespace):  # -> Normalization | None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from camdeploy.atomic import check_onnx_output
+    from camdeploy.lock import hold_file
+
+    check_onnx_output(args.output)
+    with hold_file(args.output):  # a second export to the same file is refused at once, not after loading
+        return _export(args)
+
+
+def _export(args: argparse.Namespace) -> int:
     try:
         from camdeploy.export.exporter import ExportOptions, export_onnx
         from camdeploy.export.sources import load_model

@@ -51,7 +51,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="a model written by `camdeploy export`")
     p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders (recursive, following "
                    "symbolic links)")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (one writer at a time: a second run, resume or "
+                   "overwrite of the same folder is refused while this one runs)")
     add_backend(p)
     add_runner_options(p, engine_alias=False)
     p.add_argument("--engine", action=EngineChoice, metavar="{local,ray}", default="local", dest="run_engine",
@@ -62,6 +63,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "started on this machine; default $RAY_ADDRESS, else a private local cluster for this run)")
     p.add_argument("--actors", type=int, help="with --engine ray: inference actors, one ONNX Runtime session each "
                    "(default: the cluster's CPUs, less a fifth left to reading, divided by --threads)")
+    p.add_argument("--stall-timeout", type=float, metavar="SECONDS", help="with --engine ray: stop (exit 1, finished "
+                   "results kept for --resume) and say what the cluster lacks when no result came for this long "
+                   "(default: 600 s for the first, then 20 x the longest interval seen between results, at least "
+                   "120 s; 0 waits for ever)")
     p.add_argument("--batch-size", type=int, default=8, help=f"images per inference (default 8, at most "
                    f"{MAX_BATCH})")
     p.add_argument("--resize", choices=("stretch", "crop"), help="image resize (default: the model's own)")
@@ -108,8 +113,11 @@ def _check_engine(args: argparse.Namespace) -> None:
                                  "--provider cpu); use --engine local for other backends and providers")
         if args.actors is not None and args.actors < 1:
             raise CamdeployError(f"--actors {args.actors}: expected a positive number of actors")
+        if args.stall_timeout is not None and not args.stall_timeout >= 0:
+            raise CamdeployError(f"--stall-timeout {args.stall_timeout:g}: expected seconds >= 0 (0 waits for ever)")
     else:
-        for flag, value in (("--address", args.address), ("--actors", args.actors)):
+        for flag, value in (("--address", args.address), ("--actors", args.actors),
+                            ("--stall-timeout", args.stall_timeout)):
             if value is not None:
                 raise CamdeployError(f"{flag} {value}: an option of --engine ray (this run uses --engine local)")
     if args.threads is not None and args.threads < 1:
@@ -126,6 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CamdeployError(f"--batch-size {args.batch_size}: expected 1 to {MAX_BATCH}")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise CamdeployError(f"--max-pixels {args.max_pixels}: expected a positive number of pixels")
+    if not args.out.strip():
+        raise CamdeployError("--out '': expected a folder path (an empty one would write into the current folder)")
+    args.out = Path(args.out)
     listing = list_inputs(args.inputs)
     out = args.out.resolve()
     listing.files = [p for p in listing.files if out not in p.resolve().parents]  # not our own overlays
@@ -161,6 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{summary.results_path}")
     if summary.previously:
         print(f"{summary.previously} images were already done (--resume)")
+    if summary.unlisted:
+        print(f"{summary.unlisted} results in {summary.results_path} are of files this run did not list (the run "
+              "that wrote them had other inputs); they are kept, and run.json counts them as unlisted")
     if not finished:
         print(f"camdeploy run: error: none of the {summary.total} inputs could be read; see "
               f"{summary.failures_path}", file=sys.stderr)
@@ -174,15 +188,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_on_ray(args: argparse.Namespace, runner: Runner, listing: Listing, options: RunOptions
                 ) -> tuple[RunSummary, str]:
     """``run --engine ray``: check the model here, then run on the cluster (see camdeploy.distributed)."""
-    from camdeploy.distributed.cluster import RayOptions, import_ray, ray_session
+    from camdeploy.distributed.cluster import RayOptions, driver_log_path, import_ray, ray_session
     from camdeploy.distributed.ray_batch import RayBatchOptions, default_actors, run_on_ray
+    from camdeploy.lock import hold_folder
 
     import_ray()  # without the extra: one line, before anything starts
     with runner:  # a model that does not load stops here, before any cluster starts
         pass
-    batch = RayBatchOptions(actors=args.actors, threads=args.threads or 1)
-    # Ray replaces the SIGTERM handler when it starts: install ours after it.
-    with ray_session(RayOptions(address=args.address)) as session, sigterm_as_interrupt():
+    batch = RayBatchOptions(actors=args.actors, threads=args.threads or 1, stall_timeout=args.stall_timeout)
+    # The folder is this run's before a cluster starts (another writer is refused at once); Ray
+    # replaces the SIGTERM handler when it starts: install ours after it.
+    cluster = RayOptions(address=args.address, driver_log=driver_log_path())
+    with hold_folder(args.out), ray_session(cluster) as session, sigterm_as_interrupt():
         actors = default_actors(session.cpus, batch.threads) if batch.actors is None else batch.actors
         where = "a private local cluster" if session.started else f"the cluster at {session.address}"
         pool = f"{actors} actor{'s' if actors > 1 else ''} x {batch.threads} thread{'s' if batch.threads > 1 else ''}"

@@ -54,7 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from camdeploy.backends import RunnerOptions, make_runner
     from camdeploy.cli.run import sigterm_as_interrupt
-    from camdeploy.distributed.cluster import RayOptions, import_ray, ray_session
+    from camdeploy.distributed.cluster import RayOptions, driver_log_path, import_ray, ray_session
     from camdeploy.distributed.model import share_model
     from camdeploy.distributed.ray_serve import ServeOptions, start_service, stop_service
 
@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                    outputs="boxes")
     with make_runner("ort", args.model, runner_options) as runner:  # a bad model stops here, before any cluster
         execution = runner.execution
-    with ray_session(RayOptions(address=args.address)) as session:
+    with ray_session(RayOptions(address=args.address, driver_log=driver_log_path())) as session:
         url = None
         try:
             with sigterm_as_interrupt():  # after Ray's start, which replaces the SIGTERM handler

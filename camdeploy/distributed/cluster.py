@@ -24,11 +24,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
+import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import BinaryIO
 
 from camdeploy.errors import CamdeployError
 
@@ -60,7 +65,13 @@ class RayOptions:
     object_store_mb: int = LOCAL_OBJECT_STORE_MB
     """Object store of a private local cluster, in MiB."""
     quiet: bool = True
-    """Ray's and Ray Data's log lines at warning level, and no Ray Data progress bars."""
+    """Ray's and Ray Data's log lines at warning level, no Ray Data progress bars, and the workers'
+    output left in the cluster's logs (not streamed to this process: node crash dumps, actor
+    tracebacks and task retries are Ray's to log; camdeploy reports what failed in one line)."""
+    driver_log: Path | None = None
+    """Where this process's own Ray log lines (its C++ core worker writes them to stderr: notices
+    on actor arguments, lost objects, retries) go instead of stderr; None leaves stderr alone (a
+    library caller's). The command line gives ``<tmp>/ray/camdeploy-driver-PID.log``."""
 
 
 @dataclass
@@ -122,6 +133,111 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
 
 
+RAY_LINE = re.compile(rb"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [DIWE] \d+ \d+\] ")
+"""A log line of Ray's C++ core (``[2026-12-04 17:18:34,348 E 14156 14156] core_worker.cc:2465: ...``);
+fatal ones (``F``) stay on stderr."""
+
+
+def driver_log_path() -> Path:
+    """Where the command line puts this process's Ray log lines: ``<tmp>/ray/camdeploy-driver-PID.log``."""
+    return Path(tempfile.gettempdir()) / "ray" / f"camdeploy-driver-{os.getpid()}.log"
+
+
+def _pump(source: int, stderr: int, log: Path) -> None:
+    """Copy what arrives on ``source`` to ``stderr``, except Ray's log lines, which go to ``log``."""
+    pending = b""
+    sink: list[BinaryIO] = []
+
+    def aside(line: bytes) -> None:
+        try:
+            if not sink:
+                log.parent.mkdir(parents=True, exist_ok=True)
+                sink.append(open(log, "ab"))  # noqa: SIM115 - held open while the pump runs
+            sink[0].write(line + b"\n")
+            sink[0].flush()
+        except OSError:
+            pass  # no room for Ray's notices: they are not camdeploy's to show
+
+    def show(data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(stderr, data)
+
+    while True:
+        try:
+            chunk = os.read(source, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            break
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            if RAY_LINE.match(line):
+                aside(line)
+            else:
+                show(line + b"\n")
+        # A partial line is shown at once (a progress bar has no newline to wait for), unless it may
+        # still become one of Ray's.
+        if pending and not (pending.startswith(b"[") and (RAY_LINE.match(pending) or len(pending) < 40)):
+            show(pending)
+            pending = b""
+    if pending:
+        aside(pending) if RAY_LINE.match(pending) else show(pending)
+    for handle in sink:
+        handle.close()
+    os.close(source)
+
+
+@contextlib.contextmanager
+def ray_lines_to(log: Path) -> Iterator[None]:
+    """While the block runs, this process's stderr (file descriptor 2, where Ray's C++ code writes)
+    passes through a filter: Ray's own log lines (:data:`RAY_LINE`) go to ``log``, everything else
+    to stderr as before, in order."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read, write = os.pipe()
+    os.set_inheritable(read, False)
+    os.dup2(write, 2)
+    os.close(write)
+    pump = threading.Thread(target=_pump, args=(read, saved, log), name="camdeploy-ray-lines", daemon=True)
+    pump.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the pump drains it and ends
+        pump.join(timeout=10)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _ray_messages_to(log: Path) -> Iterator[None]:
+    """Ray's driver also prints the cluster's error notices for this job on stdout (``(raylet) Task
+    ... failed. There are infinite retries remaining...``), through ``print_to_stdstream`` of
+    ``ray._private.worker`` (whatever ``log_to_driver`` says): send them to ``log`` too. A private
+    function of Ray: when it is not there, nothing is changed."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def aside(data: dict, ignore_prefix: bool) -> None:
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a", encoding="utf-8") as handle:
+                for line in data.get("lines", []):
+                    handle.write(f"({data.get('pid', '?')}) {line}\n")
+        except OSError:
+            pass
+
+    worker.print_to_stdstream = aside  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original  # type: ignore[assignment]
+
+
 @contextlib.contextmanager
 def ray_session(options: RayOptions = RayOptions()) -> Iterator[RaySession]:
     """Connect to the cluster ``options`` names, or start a private local one; disconnect (and stop
@@ -139,15 +255,18 @@ def ray_session(options: RayOptions = RayOptions()) -> Iterator[RaySession]:
     address = options.address or os.environ.get("RAY_ADDRESS") or None
     with contextlib.ExitStack() as stack:
         try:
+            if options.driver_log is not None:
+                stack.enter_context(ray_lines_to(options.driver_log))
+                stack.enter_context(_ray_messages_to(options.driver_log))
             if address:
-                ray.init(address=address, logging_level=level, log_to_driver=True)
+                ray.init(address=address, logging_level=level, log_to_driver=not options.quiet)
             else:
                 from camdeploy.runtime.onnxruntime_runner import usable_cpus
 
                 stack.enter_context(_private_environment())
                 ray.init(address="local", num_cpus=options.num_cpus or usable_cpus(),
                          object_store_memory=options.object_store_mb * 1024 * 1024, include_dashboard=False,
-                         logging_level=level, log_to_driver=True)
+                         logging_level=level, log_to_driver=not options.quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"--address {address}" if address else "a local Ray cluster"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

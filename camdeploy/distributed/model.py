@@ -48,7 +48,7 @@ def share_model(path: str | os.PathLike[str]) -> SharedModel:
     import ray
 
     path = Path(path)
-    spec = read_spec(path)
+    spec = read_spec(path)  # the path is checked there before it is read
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -40,6 +40,7 @@ import numpy as np
 
 from camdeploy.backends import RunnerOptions, make_runner
 from camdeploy.distributed.model import SharedModel, local_model, share_model
+from camdeploy.distributed.stall import StallWatch
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import ModelSpec
 from camdeploy.runtime.images import DecodeOptions, Frame, decode, prepare_loaded, read_image
@@ -152,6 +153,9 @@ class RayBatchOptions:
     """ONNX Runtime threads per actor, and the CPUs each actor reserves."""
     rows_per_task: int | None = None
     """Images read and prepared per Ray task (default: 4 batches)."""
+    stall_timeout: float | None = None
+    """Seconds without a batch after which the run stops and says why (``--stall-timeout``); None:
+    sized from the batches seen (:mod:`camdeploy.distributed.stall`); 0: wait for ever."""
 
 
 def default_actors(cpus: int, threads: int) -> int:
@@ -181,6 +185,7 @@ class RayRecords:
         self.runner_options = dataclasses.replace(runner_options, threads=options.threads)
         self.actors, self.threads = actors, options.threads
         self.rows_per_task = options.rows_per_task or 4 * run_options.batch_size
+        self.stall_timeout = options.stall_timeout
         self.settings: dict[str, object] = {"engine": "ray", "actors": actors, "threads_per_actor": options.threads}
 
     def dataset(self, files: list[Path]) -> Any:
@@ -218,20 +223,22 @@ class RayRecords:
             return
         waiting: list[tuple[int, str, str]] = []  # (index, error, record) heap
         following = 0
+        watch = StallWatch(self.stall_timeout, self.stall_reason)
         batches = iter(self.dataset(files).iter_batches(batch_size=None, batch_format="numpy"))
         try:
-            for batch in batches:
-                for index, error, record in zip(batch["index"], batch["error"], batch["record"], strict=True):
-                    heapq.heappush(waiting, (int(index), str(error), str(record)))
-                records = []
-                while waiting and waiting[0][0] == following:
-                    index, error, record = heapq.heappop(waiting)
-                    if error:
-                        on_skip(files[index], error)
-                    else:
-                        records.append(json.loads(record))
-                    following += 1
-                yield records
+            with watch:
+                for batch in watch.iterate(batches):
+                    for index, error, record in zip(batch["index"], batch["error"], batch["record"], strict=True):
+                        heapq.heappush(waiting, (int(index), str(error), str(record)))
+                    records = []
+                    while waiting and waiting[0][0] == following:
+                        index, error, record = heapq.heappop(waiting)
+                        if error:
+                            on_skip(files[index], error)
+                        else:
+                            records.append(json.loads(record))
+                        following += 1
+                    yield records
         except CamdeployError:
             raise
         except Exception as exc:  # Ray's errors, the workers' wrapped in them
@@ -245,6 +252,61 @@ class RayRecords:
                 close()
         if following != len(files):
             raise CamdeployError(f"--engine ray: the cluster returned {following} of {len(files)} images")
+
+    def stall_reason(self, waited: float, limit: float) -> str:
+        """Why no batch came for ``waited`` seconds, in one line: the CPUs the run needs against
+        those the cluster has now, and what Ray reports about this job's actors that are not alive
+        and the resource demands it cannot place."""
+        import ray
+
+        total, free = ray.cluster_resources(), ray.available_resources()
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        need = self.actors * self.threads + 1
+        have = float(total.get("CPU", 0))
+        missing = (f"{need - have:g} CPU{'s' if need - have != 1 else ''} missing" if have < need else
+                   "enough CPUs in total, but not where they are needed")
+        return (f"--engine ray: no result for {waited:.0f} s (--stall-timeout {limit:.0f}); the run needs {need} "
+                f"CPUs ({self.actors} actor{'s' if self.actors > 1 else ''} x {self.threads} thread"
+                f"{'s' if self.threads > 1 else ''}, 1 to read images), the cluster has {have:g} "
+                f"({float(free.get('CPU', 0)):g} free) on {nodes} node{'s' if nodes != 1 else ''}: {missing}; "
+                f"Ray reports {_waiting_actors()} and {_unplaced_demands()}; every finished result is kept: add "
+                "capacity, then rerun with --resume")
+
+
+def _waiting_actors() -> str:
+    """This job's actors that are not alive, by class and state (``1 MapWorker(...) RESTARTING``),
+    from the cluster's actor table (the state API would need Ray's dashboard)."""
+    import collections
+
+    import ray
+    from ray._private import state
+
+    try:
+        job = ray.get_runtime_context().get_job_id()
+        counts = collections.Counter((info.get("ActorClassName", "?"), info.get("State", "?"))
+                                     for info in state.actors().values()
+                                     if info.get("JobID") == job and info.get("State") not in ("ALIVE", "DEAD"))
+    except Exception as exc:  # a private API: say that it failed rather than fail
+        return f"no actor states ({type(exc).__name__}: {exc})"
+    if not counts:
+        return "every actor of this run alive"
+    return ", ".join(f"{n} actor{'s' if n > 1 else ''} {name} {what}" for (name, what), n in sorted(counts.items()))
+
+
+def _unplaced_demands() -> str:
+    """The resource demands of pending tasks and actors that the cluster reports (what ``ray
+    status`` shows as demands)."""
+    import ray
+
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        shapes = [f"{request.count} x {dict(sorted(request.bundle.items()))}"
+                  for demand in status.resource_demands.ray_task_actor_demand for request in demand.bundles_by_count]
+    except Exception as exc:
+        return f"no resource demands ({type(exc).__name__}: {exc})"
+    return f"pending demands {', '.join(shapes)}" if shapes else "no pending resource demand"
 
 
 def _cause(exc: BaseException) -> str:

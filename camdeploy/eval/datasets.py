@@ -15,8 +15,12 @@ Formats (``--format``, detected from the path when not given):
   boxes are those of every object of that class.
 * ``loc``: Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString`` with ``wnid x0 y0 x1 y1``
   groups); images ``ImageId.JPEG`` under ``--images``.
-* ``wsol``: a folder with wsolevaluation's ``image_ids.txt``, ``class_labels.txt`` and
-  ``localization.txt``; image paths relative to ``--images``.
+* ``wsol``: a folder with wsolevaluation's ``image_ids.txt``, ``class_labels.txt``,
+  ``localization.txt`` and ``image_sizes.txt``; image paths relative to ``--images``. Boxes are in
+  the frame ``image_sizes.txt`` states (``image_id,width,height``), which wsolevaluation scales them
+  from, whatever size the image files are stored at: each sample keeps that size
+  (:attr:`Sample.size`). Without ``image_sizes.txt`` the boxes are taken to be in the image files'
+  own pixels (``Sample.size`` None), and :func:`read_wsol` says so.
 * ``csv``: ``file,class_index,x0,y0,x1,y1``, one row per box, with or without that header (other
   columns are ignored when there is a header); image paths relative to the CSV's folder or
   ``--images``.
@@ -38,6 +42,7 @@ from camdeploy.labels import imagenet_wnids
 
 FORMATS = ("json", "voc", "loc", "wsol", "csv")
 WSOL_FILES = ("image_ids.txt", "class_labels.txt", "localization.txt")
+WSOL_SIZES = "image_sizes.txt"
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,9 @@ class Sample:
     path: Path
     class_index: int
     boxes: np.ndarray
+    size: tuple[int, int] | None = None
+    """``(width, height)`` of the frame the boxes are in, when the annotations state one
+    (wsolevaluation's ``image_sizes.txt``); None: the image file's own pixels."""
 
 
 @dataclass
@@ -56,6 +64,8 @@ class Dataset:
     format: str
     missing: list[str] = field(default_factory=list)
     """Images named by the annotations but absent on disk."""
+    notes: list[str] = field(default_factory=list)
+    """What a reader assumed where the annotations were silent (printed by ``eval``)."""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -98,13 +108,15 @@ def _wnid_index() -> dict[str, int]:
     return {wnid: i for i, wnid in enumerate(imagenet_wnids())}
 
 
-def _collect(entries: dict[Path, tuple[int, list[list[float]]]], source: Path, fmt: str) -> Dataset:
+def _collect(entries: dict[Path, tuple[int, list[list[float]]]], source: Path, fmt: str,
+             sizes: dict[Path, tuple[int, int]] | None = None) -> Dataset:
     dataset = Dataset([], str(source), fmt)
     for path, (label, boxes) in entries.items():
         if not path.is_file():
             dataset.missing.append(str(path))
             continue
-        dataset.samples.append(Sample(path, label, np.asarray(boxes, dtype=np.float64).reshape(-1, 4)))
+        dataset.samples.append(Sample(path, label, np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+                                      (sizes or {}).get(path)))
     return dataset
 
 
@@ -211,14 +223,38 @@ def read_wsol(folder: Path, images: Path | None = None) -> Dataset:
         if len(fields) != 5:
             raise _malformed(folder / "localization.txt", number, "expected 'image_id,x0,y0,x1,y1'")
         boxes.setdefault(fields[0], []).append(_box(fields[1:], folder / "localization.txt", number))
+    sizes = _wsol_sizes(folder / WSOL_SIZES) if (folder / WSOL_SIZES).is_file() else None
     entries: dict[Path, tuple[int, list[list[float]]]] = {}
     for image_id in ids:
         if image_id not in labels:
             raise _malformed(folder / "class_labels.txt", None, f"no class for {image_id}")
         if image_id not in boxes:
             raise _malformed(folder / "localization.txt", None, f"no box for {image_id}")
+        if sizes is not None and image_id not in sizes:
+            raise _malformed(folder / WSOL_SIZES, None, f"no size for {image_id}")
         entries[images / image_id] = (labels[image_id], boxes[image_id])
-    return _collect(entries, folder, "wsol")
+    stated = {images / key: size for key, size in sizes.items()} if sizes is not None else None
+    dataset = _collect(entries, folder, "wsol", stated)
+    if sizes is None:
+        dataset.notes.append(f"--data {folder}: no {WSOL_SIZES}; the boxes are taken to be in the image files' own "
+                             "pixels (wsolevaluation scales them from the sizes that file states)")
+    return dataset
+
+
+def _wsol_sizes(path: Path) -> dict[str, tuple[int, int]]:
+    """wsolevaluation's ``image_sizes.txt``: ``image_id,width,height`` per line."""
+    sizes: dict[str, tuple[int, int]] = {}
+    for number, line in _text_lines(path):
+        name, _, rest = line.partition(",")
+        fields = rest.split(",")
+        try:
+            width, height = (int(v) for v in fields)
+        except ValueError:
+            raise _malformed(path, number, "expected 'image_id,width,height' with whole numbers") from None
+        if width < 1 or height < 1:
+            raise _malformed(path, number, f"size {width}x{height}: expected positive numbers")
+        sizes[name] = (width, height)
+    return sizes
 
 
 def read_voc(folder: Path, images: Path | None = None) -> Dataset:

@@ -154,7 +154,11 @@ class _BackendScores:
     def add(self, result: CamResult, i: int, sample: Sample, frame: Frame, rule: str) -> None:
         if result.cams is None or result.boxes is None or result.features is None:
             raise CamdeployError("evaluate: a runner returned no maps, boxes or features (infer with outputs 'all')")
-        classes, truth = result.classes[i], sample.boxes
+        classes, truth = result.classes[i], sample.boxes  # [M, 4] inclusive, in the stated frame
+        stated = sample.size or (frame.width, frame.height)  # (W, H) the annotations' boxes are in
+        if stated != (frame.width, frame.height):  # stored at another size: the same image, resized whole
+            sx, sy = frame.width / stated[0], frame.height / stated[1]
+            truth = truth * np.array([sx, sy, sx, sy])  # to the decoded image's pixels
         self.classes.append(classes)
         self.top1_boxes.append(result.boxes[i, 0])
         self.labels.append(sample.class_index)
@@ -169,7 +173,8 @@ class _BackendScores:
             # ground truth, scaled from the original image to the stretched 224x224 input.
             raw = class_maps(result.features[i:i + 1], self.weight, label)[0, 0]  # [h, w]
             try:
-                frame_truth = wsol_ground_truth(truth, (frame.height, frame.width))
+                # from the stated frame, as wsolevaluation's resize_bbox does with image_sizes.txt
+                frame_truth = wsol_ground_truth(sample.boxes, (stated[1], stated[0]))
             except CamdeployError as exc:
                 raise CamdeployError(f"--protocol wsolevaluation: {sample.path}: {exc}") from None
             self.wsol.add(wsol_scoremap(raw, WSOL_FRAME), frame_truth)
@@ -225,6 +230,9 @@ class EvalReport:
     """The CAM threshold step of the ``wsolevaluation`` protocol; None under ``camdeploy``."""
     box_thresholds: dict[str, float] = field(default_factory=dict)
     """``tau`` of each backend's box rule, where ``gt_known_loc_tau`` is measured."""
+    resized: list[tuple[str, tuple[int, int], tuple[int, int]]] = field(default_factory=list)
+    """Images stored at another size than their annotations state: ``(file, (W, H) decoded, (W, H)
+    stated)``. Their ground truth is scaled from the stated size (see :func:`evaluate`)."""
 
     def best_thresholds(self, name: str) -> dict[str, float]:
         """Backend ``name``'s first CAM threshold reaching each MaxBoxAcc term (see :class:`BoxAccCurves`)."""
@@ -298,6 +306,9 @@ def evaluate(runners: Mapping[str, Runner], dataset: Dataset, options: EvalOptio
                                  f"outside the model's {num_classes} classes")
     for name in dataset.missing:
         report(f"missing image {name}")
+    for note in dataset.notes:
+        report(note)
+    resized: list[tuple[str, tuple[int, int], tuple[int, int]]] = []
     scores = {name: _BackendScores(runners[name].class_weight(), runners[name].box_threshold, options.protocol,
                                    options.wsol_step) for name in names}
     agreements = {name: _Agreement() for name in names[1:]}
@@ -315,6 +326,9 @@ def evaluate(runners: Mapping[str, Runner], dataset: Dataset, options: EvalOptio
         counted_failures = 0
         for batch in image_batches(samples, first.spec, loader, path_of=lambda sample: sample.path, on_skip=on_skip):
             results = {name: runners[name].infer_images(batch.tensors, batch.frames, features=True) for name in names}
+            for sample, frame in zip(batch.items, batch.frames, strict=True):
+                if sample.size is not None and sample.size != (frame.width, frame.height):
+                    resized.append((str(sample.path), (frame.width, frame.height), sample.size))
             for name, result in results.items():
                 for i, (sample, frame) in enumerate(zip(batch.items, batch.frames, strict=True)):
                     scores[name].add(result, i, sample, frame, options.loc_rule)
@@ -325,6 +339,12 @@ def evaluate(runners: Mapping[str, Runner], dataset: Dataset, options: EvalOptio
             counted_failures = failures_now
         bar.update(len(samples) - bar.n)
     seconds = time.perf_counter() - start
+    if resized:
+        path, (w, h), (sw, sh) = resized[0]
+        report(f"{len(resized)} of {len(samples)} images are stored at another size than their annotations state "
+               f"(first: {path}, {w}x{h}, stated {sw}x{sh}): their ground truth is scaled from the stated size, as "
+               "wsolevaluation does with image_sizes.txt (each image taken to be the stated one resized whole); the "
+               "JSON lists them under 'resized'")
     n_images = len(samples) - len(failed)
     if n_images == 0:
         raise CamdeployError(f"--data {dataset.source}: no image could be read")
@@ -340,7 +360,7 @@ def evaluate(runners: Mapping[str, Runner], dataset: Dataset, options: EvalOptio
     return EvalReport(metrics, summaries, curves, n_images, failed, list(dataset.missing), seconds,
                       protocol=options.protocol,
                       wsol_step=options.wsol_step if options.protocol == WSOLEVALUATION else None,
-                      box_thresholds={name: runners[name].box_threshold for name in names})
+                      box_thresholds={name: runners[name].box_threshold for name in names}, resized=resized)
 
 
 def check_protocol(options: EvalOptions, input_hw: tuple[int, int], resize: str) -> None:

@@ -90,6 +90,8 @@ def to_json(report: EvalReport, config: dict[str, dict[str, object]]) -> dict[st
     return {"protocol": report.protocol, "protocol_description": protocol_description(report),
             "metrics": backends[names[0]], "backends": backends, "agreement": report.agreement,
             "failed": [{"file": f, "reason": r} for f, r in report.failed], "missing": report.missing,
+            "resized": [{"file": f, "decoded": list(decoded), "stated": list(stated)}
+                        for f, decoded, stated in report.resized],
             "seconds": report.seconds, "boxacc_curves": curves}
 
 

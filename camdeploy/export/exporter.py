@@ -26,6 +26,7 @@ from camdeploy.export.graph_boxes import (
     upsample_bands,
 )
 from camdeploy.graph import BOX_OUTPUTS, INPUT_NAME
+from camdeploy.lock import hold_file
 from camdeploy.metadata import RESIZE_MODES, ModelSpec, Normalization
 from camdeploy.runtime.boxes import cam_boxes, check_threshold
 from camdeploy.runtime.onnxruntime_runner import import_onnxruntime
@@ -198,10 +199,16 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike[str],
     The file is written to a temporary name beside ``output``, checked with the ONNX checker,
     compared against PyTorch on ONNX Runtime, and only then renamed to ``output``: a failure at
     any step leaves no file behind (and an existing ``output`` untouched); missing parent
-    folders are created first.
+    folders are created first. The export holds ``output``'s lock (:mod:`camdeploy.lock`) from start
+    to end: a second writer of the same file is refused.
     """
     output = Path(output)
     check_onnx_output(output)
+    with hold_file(output):
+        return _export(model, output, options)
+
+
+def _export(model: torch.nn.Module, output: Path, options: ExportOptions) -> ExportReport:
     contract = find_contract(model, options.input_size, feature_module=options.feature_module,
                              linear_module=options.linear_module, pooling=options.pooling)
     num_classes = contract.linear.out_features

@@ -42,6 +42,7 @@ from onnx import TensorProto
 import camdeploy
 from camdeploy.atomic import file_sha256
 from camdeploy.errors import CamdeployError
+from camdeploy.lock import hold_file
 from camdeploy.metadata import PREFIX, ModelSpec
 
 BACKEND = "onnxruntime"
@@ -297,7 +298,9 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
     The folder is assembled beside its destination under a temporary name, its configuration is
     parsed back with Triton's schema and checked against the graph, and only then is it renamed
     into place; on any failure nothing is left behind and an existing folder is untouched. An
-    existing folder is replaced only with ``options.force``.
+    existing folder is replaced only with ``options.force``. From the check of what exists to the
+    rename, the model folder's lock (:mod:`camdeploy.lock`, ``repo/.NAME.lock``) is held: a second
+    writer of the same folder is refused.
     """
     from google.protobuf import text_format
 
@@ -330,40 +333,42 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
 
     if repo.exists() and not repo.is_dir():
         raise CamdeployError(f"--repo {repo}: exists and is not a folder; expected a model repository folder")
-    target = repo / name
-    existed = target.exists() or target.is_symlink()
-    if existed and not options.force:
-        raise CamdeployError(f"--repo {repo}: model folder {target} already exists; pass --force to replace it, "
-                             "or --name to write another")
-    if existed and not target.is_dir():
-        raise CamdeployError(f"--repo {repo}: {target} exists and is not a folder; remove it first")
-    serving = PLAN_PLATFORM if options.plan is not None else BACKEND
-    staging = repo / f".{name}.{os.getpid()}.partial"
-    retired = repo / f".{name}.{os.getpid()}.old"
-    moved = False
-    try:
-        repo.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / VERSION).mkdir(parents=True)
-        shutil.copyfile(served, staging / VERSION / filename)
-        (staging / CONFIG_FILE).write_text(text, encoding="utf-8")
-        check_config((staging / CONFIG_FILE).read_text(encoding="utf-8"), inputs, outputs, options.max_batch,
-                     serving, str(target / CONFIG_FILE))
-        if existed:
-            os.replace(target, retired)
-            moved = True
-        os.replace(staging, target)
-    except BaseException as exc:
-        if moved and not target.exists():
-            os.replace(retired, target)  # put the replaced folder back
-        if isinstance(exc, OSError):
-            raise CamdeployError(f"--repo {repo}: cannot write there ({exc.strerror or exc})") from exc
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(retired, ignore_errors=True)
-    return TritonRepository(
-        name=name, model_dir=target, config_path=target / CONFIG_FILE, model_path=target / VERSION / filename,
-        serving=serving, device=device, instances=options.instances,
-        max_batch=options.max_batch, preferred_batch_sizes=preferred_batch_sizes(options.max_batch),
-        inputs=inputs, outputs=outputs, tensorrt_fp16=options.tensorrt_fp16, replaced=existed)
+    # The model folder's lock (repo/.NAME.lock), from the check of what exists to the rename.
+    with hold_file(repo / name, label=f"--repo {repo} (model folder {name})"):
+        target = repo / name
+        existed = target.exists() or target.is_symlink()
+        if existed and not options.force:
+            raise CamdeployError(f"--repo {repo}: model folder {target} already exists; pass --force to replace it, "
+                                 "or --name to write another")
+        if existed and not target.is_dir():
+            raise CamdeployError(f"--repo {repo}: {target} exists and is not a folder; remove it first")
+        serving = PLAN_PLATFORM if options.plan is not None else BACKEND
+        staging = repo / f".{name}.{os.getpid()}.partial"
+        retired = repo / f".{name}.{os.getpid()}.old"
+        moved = False
+        try:
+            repo.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            (staging / VERSION).mkdir(parents=True)
+            shutil.copyfile(served, staging / VERSION / filename)
+            (staging / CONFIG_FILE).write_text(text, encoding="utf-8")
+            check_config((staging / CONFIG_FILE).read_text(encoding="utf-8"), inputs, outputs, options.max_batch,
+                         serving, str(target / CONFIG_FILE))
+            if existed:
+                os.replace(target, retired)
+                moved = True
+            os.replace(staging, target)
+        except BaseException as exc:
+            if moved and not target.exists():
+                os.replace(retired, target)  # put the replaced folder back
+            if isinstance(exc, OSError):
+                raise CamdeployError(f"--repo {repo}: cannot write there ({exc.strerror or exc})") from exc
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+        return TritonRepository(
+            name=name, model_dir=target, config_path=target / CONFIG_FILE, model_path=target / VERSION / filename,
+            serving=serving, device=device, instances=options.instances,
+            max_batch=options.max_batch, preferred_batch_sizes=preferred_batch_sizes(options.max_batch),
+            inputs=inputs, outputs=outputs, tensorrt_fp16=options.tensorrt_fp16, replaced=existed)

@@ -15,12 +15,19 @@ most (measured in benchmarks/results/RUN_MEMORY.md), and boxes still map to orig
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from camdeploy.console import warn
 from camdeploy.errors import CamdeployError
 from camdeploy.metadata import RESIZE_MODES, ModelSpec
 from camdeploy.runtime.image_header import image_size
@@ -106,16 +113,92 @@ def _reduction(size: tuple[int, int], options: DecodeOptions) -> int:
     return factor
 
 
-def _imdecode(buffer: np.ndarray, flags: int) -> np.ndarray | None:
-    """``cv2.imdecode`` with OpenCV's own log line about an undecodable file silenced: our error
-    says it in one line."""
+CORRUPTION = ("premature end", "bad huffman", "instead of rst", "libpng error", "truncated")
+"""Decoder messages (lower case) that mean pixels were made up for data that is missing or invalid
+(libjpeg fills what it could not decode with grey): the image is refused as corrupt. Any other
+message (``extraneous bytes before marker``, a libpng warning about a colour profile) leaves the
+pixels intact: it is shown with camdeploy's prefix and the image is kept. The C++ host
+(``examples/cpp/src/images.cpp``) applies the same list."""
+
+_capture_lock = threading.Lock()
+_capture: dict[int, int] = {}
+"""This process's capture file (by process id: a forked child makes its own)."""
+
+
+def _capture_file() -> int:
+    pid = os.getpid()
+    if pid not in _capture:
+        if hasattr(os, "memfd_create"):
+            _capture[pid] = os.memfd_create("camdeploy-decoder", os.MFD_CLOEXEC)
+        else:  # pragma: no cover - not Linux
+            fd, name = tempfile.mkstemp(prefix="camdeploy-decoder-")
+            os.unlink(name)
+            _capture[pid] = fd
+    return _capture[pid]
+
+
+def _with_decoder_messages(decode: Callable[[], np.ndarray | None]) -> tuple[np.ndarray | None, list[str]]:
+    """Call ``decode`` with file descriptor 2 captured: the decoder libraries (libjpeg, libpng)
+    print their warnings there, unprefixed. Returns the result and their lines; what other threads
+    wrote meanwhile (camdeploy's own lines, a progress bar) is passed on to stderr."""
+    with _capture_lock:
+        sys.stderr.flush()
+        capture = _capture_file()
+        os.ftruncate(capture, 0)
+        os.lseek(capture, 0, os.SEEK_SET)  # shared with the descriptor 2 made from it: write from the start
+        saved = os.dup(2)
+        os.dup2(capture, 2)
+        try:
+            result = decode()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        said = os.pread(capture, 1 << 16, 0).decode("utf-8", "replace")
+    messages: list[str] = []
+    for line in said.splitlines(keepends=True):
+        if line.startswith("camdeploy") or "\r" in line:
+            with contextlib.suppress(OSError):
+                os.write(2, line.encode("utf-8"))
+        elif line.strip():
+            messages.append(line.strip())
+    return result, messages
+
+
+def _imdecode(buffer: np.ndarray, flags: int, source: str = "image") -> np.ndarray | None:
+    """``cv2.imdecode``, with OpenCV's own log line about an undecodable file silenced (our error
+    says it in one line) and the decoder libraries' messages checked (:data:`CORRUPTION`): data
+    that is missing or invalid is refused as corrupt, other messages become warnings."""
     logging = cv2.utils.logging
     level = logging.getLogLevel()
     logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+
+    def call() -> np.ndarray | None:
+        try:
+            return cv2.imdecode(buffer, flags) if buffer.size else None
+        except cv2.error:  # beyond OpenCV's own pixel limit, among others
+            return None
+
     try:
-        return cv2.imdecode(buffer, flags) if buffer.size else None
+        image, messages = _with_decoder_messages(call)
     finally:
         logging.setLogLevel(level)
+    for message in messages:
+        if any(word in message.lower() for word in CORRUPTION):
+            raise CamdeployError(f"{source}: corrupt image data, left out (the decoder says: {message})")
+    for message in dict.fromkeys(messages):
+        warn(f"{source}: the decoder says: {message} (the image is kept)")
+    return image
+
+
+def _check_size(decoded: tuple[int, int], stored: tuple[int, int] | None, factor: int, source: str) -> None:
+    """Refuse an image whose decoded size is not the one its header states (``stored``, divided by
+    the reduction ``factor``, either way round for an EXIF orientation)."""
+    if stored is None:
+        return
+    expected = (-(-stored[0] // factor), -(-stored[1] // factor))
+    if decoded not in (expected, expected[::-1]):
+        raise CamdeployError(f"{source}: corrupt image, left out: its header says {stored[0]}x{stored[1]} pixels "
+                             f"and the data decodes to {decoded[0] * factor}x{decoded[1] * factor}")
 
 
 def _plan(head: bytes, source: str, options: DecodeOptions) -> tuple[tuple[int, int] | None, int]:
@@ -136,10 +219,12 @@ def decode(data: bytes, source: str = "image", options: DecodeOptions = DecodeOp
     stored, factor = _plan(data, source, options)
     if stored is None or factor == 1:
         image = decode_image(data, source, options.max_pixels)
+        _check_size((image.shape[1], image.shape[0]), stored, 1, source)
         return LoadedImage(image, image.shape[1], image.shape[0])
-    reduced = _imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED[factor])
+    reduced = _imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED[factor], source)
     if reduced is None:
         raise CamdeployError(f"{source}: not a readable image (corrupt, empty or unknown format)")
+    _check_size((reduced.shape[1], reduced.shape[0]), stored, factor, source)
     width, height = stored
     if (reduced.shape[1], reduced.shape[0]) != (-(-width // factor), -(-height // factor)):
         width, height = height, width  # EXIF orientation turned it a quarter
@@ -151,7 +236,7 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_M
     buffer = np.frombuffer(data, dtype=np.uint8)
     # IMREAD_COLOR applies the EXIF orientation and turns grayscale into 3 channels;
     # IMREAD_ANYDEPTH keeps 16-bit samples so that we scale them ourselves.
-    image = _imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    image = _imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH, source)
     if image is None:
         raise CamdeployError(f"{source}: not a readable image (corrupt, empty or unknown format)")
     if image.shape[0] * image.shape[1] > max_pixels:  # a format whose header we do not read
@@ -159,7 +244,7 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_M
                              f"{max_pixels} (--max-pixels); raise the limit or downscale the image")
     image = _to_uint8(image, source)
     if _may_have_alpha(data):
-        full = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)  # keeps alpha, ignores EXIF orientation
+        full = _imdecode(buffer, cv2.IMREAD_UNCHANGED, source)  # keeps alpha, ignores EXIF orientation
         if full is not None and full.ndim == 3 and full.shape[2] == 4:
             alpha = _oriented_like(full, image, source)
             if alpha is not None:

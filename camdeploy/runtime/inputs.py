@@ -30,6 +30,15 @@ class Listing:
     warnings: list[str] = field(default_factory=list)
 
 
+def _not_a_file(path: str) -> str:
+    """The reason an entry is left out, the same whether it is named or found, linked to or not:
+    what its target is (``a character device``...), or a link to nothing."""
+    from camdeploy.graph import not_a_file
+
+    why = not_a_file(path) or "not a regular file"
+    return why if why.startswith(("a symbolic link", "cannot")) else f"not a regular file ({why})"
+
+
 def _looks_like_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
@@ -63,10 +72,8 @@ def _walk(folder: str, ancestors: dict[tuple[int, int], str], listing: Listing) 
         elif _looks_like_image(entry.name):
             if entry.is_file(follow_symlinks=True):
                 listing.files.append(Path(entry.path))
-            elif entry.is_symlink():
-                listing.problems.append((entry.path, "a symbolic link to nothing (its target is missing)"))
             else:
-                listing.problems.append((entry.path, "not a regular file (a fifo, socket or device)"))
+                listing.problems.append((entry.path, _not_a_file(entry.path)))
 
 
 def list_inputs(inputs: Sequence[str | os.PathLike[str]]) -> Listing:
@@ -81,8 +88,7 @@ def list_inputs(inputs: Sequence[str | os.PathLike[str]]) -> Listing:
         elif path.is_file():
             listing.files.append(path)
         elif path.exists() or path.is_symlink():
-            listing.problems.append((str(path), "not a regular file" if path.exists() else
-                                     "a symbolic link to nothing (its target is missing)"))
+            listing.problems.append((str(path), _not_a_file(str(path))))
         else:
             raise CamdeployError(f"INPUT {item}: no such file or folder")
     return listing

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import datetime
 import json
 import os
@@ -34,13 +35,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
 import camdeploy
-from camdeploy.atomic import file_sha256, write_json, write_text
+from camdeploy.atomic import file_sha256, write_text
 from camdeploy.console import warn
 from camdeploy.errors import CamdeployError
 from camdeploy.runtime.batches import BatchOptions, image_batches
@@ -95,6 +96,8 @@ class RunSummary:
     interrupted: bool = False
     remaining: int = 0
     """Images not reached (an interrupted run)."""
+    unlisted: int = 0
+    """Results already in ``results.jsonl`` (``--resume``) of files this run does not list: kept."""
 
     @property
     def results_path(self) -> Path:
@@ -111,7 +114,7 @@ class RunSummary:
 
     def counts(self) -> dict[str, int]:
         return {"listed": self.total, "processed": self.processed, "previously": self.previously,
-                "skipped": self.skipped, "remaining": self.remaining}
+                "skipped": self.skipped, "remaining": self.remaining, "unlisted": self.unlisted}
 
 
 class RecordSource(Protocol):
@@ -170,21 +173,32 @@ def result_record(path: Path, result: CamResult, index: int, class_names: Sequen
 
 
 class _Appender:
-    """A JSON-lines file appended whole lines at a time (one write per call)."""
+    """A JSON-lines file appended whole lines at a time (one write per call). A write that fails
+    part-way (a full disk) is cut back to the last whole line before the error is raised, so the
+    file never ends in half a line. Its writer holds the folder's lock: nobody else appends."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._end = os.lseek(self._fd, 0, os.SEEK_END)
 
     def write(self, records: list[dict]) -> None:
         data = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._end)  # no half line stays behind
+            raise
+        self._end += len(data)
 
     def close(self) -> None:
-        os.fsync(self._fd)
-        os.close(self._fd)
+        try:
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
 
 
 def _read_results(path: Path) -> set[bytes]:
@@ -253,6 +267,34 @@ def _overlay_names(files: Sequence[Path]) -> dict[bytes, str]:
     return names
 
 
+MANIFEST_RESERVE = 1024
+"""Spaces after the JSON of a ``running`` run.json: room to rewrite it in place with the final
+status should the disk fill up (a new file cannot be written then)."""
+
+
+def _write_manifest(path: Path, document: dict, label: str, reserve: bool = False) -> None:
+    """Write ``run.json`` atomically; when that fails (a full disk), rewrite the existing file in
+    place, compact, if it fits in the room the ``running`` manifest kept (:data:`MANIFEST_RESERVE`)."""
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    try:
+        write_text(path, text + (" " * MANIFEST_RESERVE + "\n" if reserve else ""), label=label)
+        return
+    except CamdeployError as exc:
+        error = exc
+    compact = (json.dumps(document, ensure_ascii=False) + "\n").encode("utf-8")
+    try:
+        size = path.stat().st_size
+        if len(compact) <= size:
+            with open(path, "r+b") as handle:
+                handle.write(compact + b" " * (size - len(compact)))  # JSON allows trailing spaces
+                handle.flush()
+                os.fsync(handle.fileno())
+            return
+    except OSError:
+        pass
+    raise error
+
+
 def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | Path,
               options: RunOptions = RunOptions(), report: Callable[[str], None] = warn,
               model: Path | None = None, source: RecordSource | None = None) -> RunSummary:
@@ -265,9 +307,16 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
     ``report`` and skipped. Ctrl-C raises :class:`RunInterrupted` after the results are safe.
     ``source``, when given, produces the records instead of this process (no overlays then);
     ``runner`` only describes the run (settings, ``run.json``) and need not be open.
-    """
-    from tqdm import tqdm
 
+    The run holds the folder's lock (:mod:`camdeploy.lock`) from start to end: another writer
+    (a run, a resume, an overwrite, in this process's lock or another's) is refused before it
+    changes anything. A run that fails (a full disk, a cluster that stops answering) keeps every
+    whole line, says ``failed`` and why in ``run.json``, and raises :class:`CamdeployError`.
+    """
+    from camdeploy.lock import hold_folder
+
+    if isinstance(out_dir, str) and not out_dir.strip():
+        raise CamdeployError("--out '': expected a folder path (an empty path would write into the current folder)")
     if options.batch_size < 1:
         raise CamdeployError(f"--batch-size {options.batch_size}: expected a positive number")
     if options.resume and options.overwrite:
@@ -275,25 +324,40 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
     if source is not None and options.overlays:
         raise CamdeployError("--overlays: overlays are drawn by the local engine only; run without them, or "
                              "run `camdeploy run --overlays` on the images you want to look at")
-    listing = inputs if isinstance(inputs, Listing) else Listing(files=list(inputs))
     out_dir = Path(out_dir)
+    with hold_folder(out_dir):
+        return _run_locked(runner, inputs, out_dir, options, report, model, source)
+
+
+def _run_locked(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: Path, options: RunOptions,
+                report: Callable[[str], None], model: Path | None, source: RecordSource | None) -> RunSummary:
+    """:func:`run_files` once the folder is this process's."""
+    from tqdm import tqdm
+
+    listing = inputs if isinstance(inputs, Listing) else Listing(files=list(inputs))
+    label = f"--out {out_dir}"
     settings = {**_settings(runner, model or runner.model_path, options), **(source.settings if source else {})}
     summary = RunSummary(out_dir, total=len(listing.files))
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         done = _prepare_folder(out_dir, settings, options)
-        write_text(out_dir / FAILURES_NAME, "")  # failures are retried: this run writes them anew
+        write_text(out_dir / FAILURES_NAME, "", label=label)  # failures are retried: this run writes them anew
         results, failures = _Appender(out_dir / RESULTS_NAME), _Appender(out_dir / FAILURES_NAME)
     except OSError as exc:
-        raise CamdeployError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from exc
+        raise CamdeployError(f"{label}: cannot write there ({exc.strerror or exc})") from exc
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    error: str | None = None
 
     def manifest(status: str) -> None:
-        write_json(out_dir / MANIFEST_NAME, {"camdeploy": camdeploy.__version__, "settings": settings,
-                                             "status": status, "started": started, "counts": summary.counts(),
-                                             "seconds": round(summary.seconds, 3)},
-                   label=f"--out {out_dir}")
+        document = {"camdeploy": camdeploy.__version__, "settings": settings, "status": status, "started": started,
+                    "counts": summary.counts(), "seconds": round(summary.seconds, 3)}
+        if error:
+            document["error"] = error
+        if listing.warnings:
+            document["warnings"] = listing.warnings
+        _write_manifest(out_dir / MANIFEST_NAME, document, label, reserve=status == "running")
 
+    listed = {os.fsencode(path) for path in listing.files}
+    summary.unlisted = len(done - listed)
     todo = [path for path in listing.files if os.fsencode(path) not in done]
     summary.previously = len(listing.files) - len(todo)
     summary.remaining = len(todo)
@@ -314,10 +378,6 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
             summary.remaining -= len(taken)
             bar.update(len(taken))
 
-    for entry, reason in listing.problems:
-        failures.write([{**file_fields(entry), "reason": reason, "stage": "list"}])
-        report(f"skipped {entry}: {reason}")
-        summary.skipped += 1
     def local_records(files: list[Path], on_skip: Callable[[Path, str], None]) -> Iterator[list[dict]]:
         batches = image_batches(files, runner.spec, BatchOptions(
             batch_size=options.batch_size, resize=options.resize, keep_images=options.overlays,
@@ -347,13 +407,18 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
             batches.close()
             cv2.setNumThreads(threads)
 
-    manifest("running")
     start = time.perf_counter()
     status = "interrupted"
-    produced = source.records(todo, on_skip) if source else local_records(todo, on_skip)
     bar = tqdm(total=len(listing.files), initial=summary.previously, unit="img",
                disable=not options.progress or None, file=sys.stderr)
+    produced: Iterator[list[dict]] | None = None
     try:
+        manifest("running")
+        for entry, reason in listing.problems:
+            failures.write([{**file_fields(entry), "reason": reason, "stage": "list"}])
+            report(f"skipped {entry}: {reason}")
+            summary.skipped += 1
+        produced = source.records(todo, on_skip) if source else local_records(todo, on_skip)
         for records in produced:
             record_skips()
             results.write(records)
@@ -364,18 +429,44 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
     except KeyboardInterrupt:
         summary.interrupted = True
     except OSError as exc:
-        status = "failed"
-        raise CamdeployError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from exc
+        status, error = "failed", f"{label}: cannot write there ({exc.strerror or exc})"
+        raise CamdeployError(error) from exc
+    except CamdeployError as exc:
+        status, error = "failed", str(exc)
+        raise
+    except Exception as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
     finally:
-        close = getattr(produced, "close", None)
-        if close is not None:  # a generator: stop its loader (or its cluster's work)
-            close()
-        record_skips()  # files left out after the last batch (or before an interruption)
-        bar.close()
-        results.close()
-        failures.close()
+        late = _finish(produced, record_skips, bar, results, failures)
+        if late is not None and error is None:  # the last lines could not be made safe
+            status, error = "failed", f"{label}: cannot write there ({late.strerror or late})"
         summary.seconds = time.perf_counter() - start
-        manifest(status)
+        try:
+            manifest(status)
+        except CamdeployError:
+            if sys.exc_info()[0] is None and late is None:
+                raise
+            # an error is on its way out already (or follows): it says what went wrong first
+    if late is not None:
+        raise CamdeployError(error) from late
     if summary.interrupted:
         raise RunInterrupted(summary)
     return summary
+
+
+def _finish(produced: Iterator[list[dict]] | None, record_skips: Callable[[], None], bar: Any,
+            results: _Appender, failures: _Appender) -> OSError | None:
+    """Stop the producer (its loader, or its cluster's work), write the last skips, close the files;
+    every step is tried. Returns the first write error."""
+    first: OSError | None = None
+    steps: list[Callable[[], object]] = [record_skips, bar.close, results.close, failures.close]
+    close = getattr(produced, "close", None)
+    if close is not None:
+        steps.insert(0, close)
+    for step in steps:
+        try:
+            step()
+        except OSError as exc:
+            first = first or exc
+    return first

@@ -225,6 +225,9 @@ def build_engine(onnx_path: str | os.PathLike[str], options: EngineOptions = Eng
 
     options.validate()
     source = Path(onnx_path)
+    from camdeploy.graph import check_model_file
+
+    check_model_file(source)
     try:
         onnx_bytes = source.read_bytes()
     except OSError as exc:

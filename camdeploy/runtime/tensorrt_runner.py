@@ -79,6 +79,9 @@ class TensorRTRunner(Runner):
         check_rtx_gpu(trt, self.gpu, self.options.module)
         plan_path = self.plan or build_engine(self.model_path, self.options, device=self.device).path
         runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+        from camdeploy.graph import check_model_file
+
+        check_model_file(plan_path, "--plan")
         try:
             engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
         except OSError as exc:

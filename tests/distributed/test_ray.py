@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import DEV, REPO
+from conftest import DEV, REPO, lying_jpeg
 
 from camdeploy.cli import main
 
@@ -379,20 +379,22 @@ def test_serve_answers_like_run_and_refuses_bad_requests(cluster, serve_port, li
             "large, chunked": request(serve_port, "POST", "/predict", big, chunked=True),
             "empty form": request(serve_port, "POST", "/predict", *multipart("nothing.jpg", b"")),
             "GET": request(serve_port, "GET", "/predict"),
+            "lying header": request(serve_port, "POST", "/predict", lying_jpeg(files[1].read_bytes(), 20000, 20000)),
         }
         statuses = {name: status for name, (status, _) in refusals.items()}
         assert statuses == {"text": 415, "empty": 400, "large": 413, "large, chunked": 413, "empty form": 400,
-                            "GET": 405}
+                            "GET": 405, "lying header": 415}
         for _, answer in refusals.values():
             assert set(answer) == {"error"} and "\n" not in answer["error"] and answer["error"]
         assert "not a readable image" in refusals["text"][1]["error"]
         assert "more than the limit of 2097152" in refusals["large"][1]["error"]
+        assert "corrupt image data, left out (the decoder says: " in refusals["lying header"][1]["error"]
 
         status, record = request(serve_port, "POST", "/predict", files[0].read_bytes())  # still serving
         assert status == 200 and record["classes"] == reference[str(files[0])]["classes"]
         status, health = request(serve_port, "GET", "/health")
         assert status == 200 and health["status"] == "ready"
-        assert (health["answered"], health["refused"]) == (41, 5)
+        assert (health["answered"], health["refused"]) == (41, 6)
         assert health["largest_batch"] >= 2  # four clients at once: the server batched them
         status, metadata = request(serve_port, "GET", "/metadata")
         spec = read_spec(lite0_onnx)

@@ -548,3 +548,20 @@ def test_dev_folder_and_its_csv_agree() -> None:
         np.testing.assert_array_equal(csv_samples[path][1], boxes, err_msg=str(path))
     assert sum(len(b) for _, b in json_samples.values()) > len(json_samples)  # several boxes per image somewhere
 
+
+
+def test_wsol_image_sizes_are_read_and_checked(tmp_path: Path) -> None:
+    folder = wsol_folder(tmp_path)
+    images = tmp_path / "ILSVRC"
+    image(images / "val" / "ILSVRC2012_val_00000001.JPEG")
+    image(images / "val" / "ILSVRC2012_val_00000002.JPEG")
+    write(folder / "image_sizes.txt", "val/ILSVRC2012_val_00000001.JPEG,500,375\n"
+                                      "val/ILSVRC2012_val_00000002.JPEG,640,480\n")
+    dataset = open_dataset(folder, images=images)
+    assert [s.size for s in dataset.samples] == [(500, 375), (640, 480)] and dataset.notes == []
+    write(folder / "image_sizes.txt", "val/ILSVRC2012_val_00000001.JPEG,500,375\n")
+    with pytest.raises(CamdeployError, match=r"image_sizes\.txt: no size for val/ILSVRC2012_val_00000002\.JPEG"):
+        open_dataset(folder, images=images)
+    write(folder / "image_sizes.txt", "val/ILSVRC2012_val_00000001.JPEG,500\n")
+    with pytest.raises(CamdeployError, match=r"image_sizes\.txt, line 1: expected 'image_id,width,height'"):
+        open_dataset(folder, images=images)

@@ -217,3 +217,68 @@ def test_wsolevaluation_protocol_names_the_image_with_a_box_it_cannot_take(tiny,
                                              r"\[\[-1.0, 0.0, 50.0, 60.0\]\] must be finite and non-negative"):
         _evaluate(model, tmp_path, protocol="wsolevaluation")
     assert _evaluate(model, tmp_path).n_images == 1
+
+
+def _wsol_folder(folder, tmp_path, scale, sizes=True):
+    """The tiny dataset as wsolevaluation metadata whose image_sizes.txt states each image ``scale``
+    times the size it is stored at, with the boxes in that stated frame."""
+    meta = tmp_path / "metadata"
+    meta.mkdir()
+    records = json.loads((folder / "annotations.json").read_text())["images"]
+    names = [r["file"] for r in records]
+    (meta / "image_ids.txt").write_text("".join(f"{n}\n" for n in names))
+    (meta / "class_labels.txt").write_text("".join(f"{r['file']},{r['class_index']}\n" for r in records))
+    (meta / "localization.txt").write_text("".join(f"{r['file']},{','.join(str(scale * v) for v in box)}\n"
+                                                   for r in records for box in r["boxes"]))
+    if sizes:
+        (meta / "image_sizes.txt").write_text("".join(f"{n},{scale * w},{scale * h}\n"
+                                                      for n, ((h, w), _) in zip(names, IMAGES, strict=True)))
+    return meta
+
+
+def test_wsolevaluation_metadata_scales_boxes_from_image_sizes_whatever_size_the_files_are(tiny, tmp_path):
+    """image_sizes.txt says each image is twice the size it is stored at (as the shared holdout's
+    227x227 files against ImageNet's originals): the ground truth is int(x * 224 / W_stated), as
+    wsolevaluation computes it, not scaled by the decoded size; the other metrics see the same boxes
+    mapped to the stored pixels; the resized images are reported."""
+    model, folder, spec, labels = tiny
+    meta = _wsol_folder(folder, tmp_path, 2)
+    said: list[str] = []
+    with OnnxRuntimeRunner(model) as runner:
+        dataset = open_dataset(meta, folder, None)
+        assert [s.size for s in dataset.samples] == [(2 * w, 2 * h) for (h, w), _ in IMAGES]
+        report = evaluate({"ort": runner}, dataset, EvalOptions(progress=False, protocol="wsolevaluation",
+                                                                 wsol_step=0.01), report=said.append)
+        weight = runner.class_weight().astype(np.float64)
+        result = runner.infer(np.stack([prepare(load_image(folder / f"img{k}.png"), spec)[0]
+                                        for k in range(len(IMAGES))]), features=True)
+    expected = WsolBoxAccuracy(step=0.01)
+    for k, ((height, width), boxes) in enumerate(IMAGES):
+        raw = np.tensordot(weight[labels[k]], result.features[k].astype(np.float64), axes=(0, 0))
+        up = cv2.resize(raw, (224, 224), interpolation=cv2.INTER_CUBIC)
+        stated_w, stated_h = 2 * width, 2 * height
+        truth = np.array([[int(2 * x0 * 224 / stated_w), int(2 * y0 * 224 / stated_h), int(2 * x1 * 224 / stated_w),
+                           int(2 * y1 * 224 / stated_h)] for x0, y0, x1, y1 in boxes])
+        expected.add((up - up.min()) / (up.max() - up.min()), truth)
+    metrics = report.metrics["ort"]
+    assert {k: metrics[k] for k in expected.metrics()} == expected.metrics()
+    same = _evaluate(model, folder, protocol="wsolevaluation", wsol_step=0.01)  # annotations in stored pixels
+    assert {k: metrics[k] for k in ERRORS} == {k: same.metrics["ort"][k] for k in ERRORS}
+    assert [(decoded, stated) for _, decoded, stated in report.resized] == [((w, h), (2 * w, 2 * h))
+                                                                            for (h, w), _ in IMAGES]
+    assert any(m.startswith("4 of 4 images are stored at another size than their annotations state (first: ")
+               and "scaled from the stated size, as wsolevaluation does with image_sizes.txt" in m for m in said)
+    assert to_json(report, {"ort": {}})["resized"][0] == {"file": str(folder / "img0.png"), "decoded": [300, 200],
+                                                          "stated": [600, 400]}
+
+
+def test_wsolevaluation_metadata_without_image_sizes_says_what_it_assumes(tiny, tmp_path):
+    model, folder, _, _ = tiny
+    meta = _wsol_folder(folder, tmp_path, 1, sizes=False)
+    said: list[str] = []
+    with OnnxRuntimeRunner(model) as runner:
+        report = evaluate({"ort": runner}, open_dataset(meta, folder, None), EvalOptions(progress=False),
+                          report=said.append)
+    assert said == [f"--data {meta}: no image_sizes.txt; the boxes are taken to be in the image files' own pixels "
+                    "(wsolevaluation scales them from the sizes that file states)"]
+    assert report.resized == []

@@ -384,6 +384,36 @@ def test_unreadable_image_is_reported_in_one_line_and_skipped(host, tmp_path):
     assert str(empty) in lines[1] and "not a readable image" in lines[1]
 
 
+def test_a_jpeg_whose_header_lies_is_refused_as_corrupt_as_run_refuses_it(host, tmp_path):
+    """The header claims 3000x2500 pixels; the data holds 96x64. libjpeg would make up the rest and
+    print its warning unprefixed: the host refuses the image in one prefixed line, as ``run`` does
+    (its reason in failures.jsonl), and a harmless warning is prefixed and the image kept."""
+    from conftest import lying_jpeg
+
+    model = tiny_model(tmp_path / "tiny.onnx")
+    data = cv2.imencode(".jpg", smooth_picture(64, 96))[1].tobytes()
+    lie = tmp_path / "lie.jpg"
+    lie.write_bytes(lying_jpeg(data, 3000, 2500))
+    scan = data.index(b"\xff\xda")
+    stray = tmp_path / "stray.jpg"
+    stray.write_bytes(data[:scan] + b"\x12\x34\x56" + data[scan:])
+    done = run_host(host, model, lie, stray)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["file"] for line in done.stdout.splitlines()] == [str(stray)]
+    lines = done.stderr.splitlines()
+    assert all(line.startswith("camdeploy-host: ") for line in lines), done.stderr  # nothing of libjpeg's own
+    refused = [line for line in lines if str(lie) in line]
+    assert len(refused) == 1 and "corrupt image data, left out (the decoder says: " in refused[0], done.stderr
+    assert "premature end" in refused[0].lower()
+    assert any(f"{stray}: the decoder says: Corrupt JPEG data: 3 extraneous bytes before marker 0xda (the image is "
+               "kept)" in line for line in lines), done.stderr
+    run_python(model, [str(stray)], tmp_path / "out")
+    assert camdeploy_main(["run", str(model), str(lie), "--out", str(tmp_path / "out2"), "--no-progress"]) == 1
+    failure = json.loads((tmp_path / "out2" / "failures.jsonl").read_text())
+    assert failure["reason"].split(" (the decoder says")[0] == refused[0].split("skipped ", 1)[1].split(
+        " (the decoder says")[0]
+
+
 def test_no_readable_image_is_an_error(host, tmp_path):
     model = tiny_model(tmp_path / "tiny.onnx")
     broken = tmp_path / "broken.png"
@@ -405,6 +435,20 @@ def make_foreign_models(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "wrong topk": (tiny_model(tmp_path / "topk.onnx", topk=3),
                        "the graph returns 2 classes per image, its metadata key 'camdeploy.topk' says 3"),
     }
+
+
+def test_a_model_path_that_is_a_device_or_too_large_is_refused_before_reading(host, tmp_path):
+    image = tmp_path / "a.png"
+    assert cv2.imwrite(str(image), smooth_picture(16, 16))
+    done = run_host(host, "/dev/zero", image)  # used to be read until memory ran out
+    assert done.returncode == 1 and stderr_lines(done) == [
+        "camdeploy-host: error: MODEL /dev/zero: not a regular file; expected an .onnx file written by `camdeploy "
+        "export`"]
+    big = tmp_path / "big.onnx"
+    with open(big, "wb") as handle:
+        handle.truncate(3 * 2**30)  # sparse
+    done = run_host(host, big, image)
+    assert done.returncode == 1 and "MODEL " + str(big) + ": 3072 MiB is more than the limit of 2048 MiB" in done.stderr
 
 
 @pytest.mark.parametrize("case", ["missing", "folder", "not onnx", "no metadata", "wrong topk"])

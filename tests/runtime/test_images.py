@@ -341,3 +341,85 @@ def test_prepare_uses_the_spec_resize_mode_unless_overridden():
     assert prepare(image, make_spec(50, 50, resize="crop"))[1] == crop_frame
     assert prepare(image, make_spec(50, 50, resize="crop"), "stretch")[1] == stretch_frame
     assert prepare(image, make_spec(50, 50), "crop")[1] == crop_frame
+
+
+def _photo_jpeg(height: int = 368, width: int = 496) -> bytes:
+    y, x = np.mgrid[0:height, 0:width]
+    picture = np.stack([(x * 3) % 255, (y * 2) % 255, (x + y) % 255], axis=-1).astype(np.uint8)
+    return cv2.imencode(".jpg", picture)[1].tobytes()
+
+
+@pytest.mark.parametrize(("width", "height", "target"), [(65000, 65000, (224, 224)), (900, 700, None)],
+                         ids=["reduced decode", "whole decode"])
+def test_a_jpeg_whose_header_lies_is_refused_as_corrupt_without_decoder_noise(capfd, width, height, target):
+    """The header promises more pixels than the data holds: libjpeg would make up the rest (grey)
+    and print its warning on stderr, unprefixed. The image is refused with the decoder's words."""
+    from conftest import lying_jpeg
+
+    from camdeploy.runtime.images import DecodeOptions, decode
+
+    data = lying_jpeg(_photo_jpeg(), width, height)
+    with pytest.raises(CamdeployError, match=r"^lie\.jpg: corrupt image data, left out \(the decoder says: "
+                                             r"(Corrupt JPEG data: premature end of data segment|Premature end)"):
+        decode(data, "lie.jpg", DecodeOptions(target=target))
+    assert capfd.readouterr().err == ""  # nothing of libjpeg's own reached stderr
+
+
+def test_a_truncated_jpeg_is_refused_as_corrupt(capfd):
+    from camdeploy.runtime.images import decode
+
+    data = _photo_jpeg()
+    # OpenCV 5 gives up on it; others decode grey where the data ends, and libjpeg says so
+    with pytest.raises(CamdeployError, match=r"^cut\.jpg: (not a readable image|corrupt image data, left out \(the "
+                                             r"decoder says: .*[Pp]remature end)"):
+        decode(data[: len(data) // 2], "cut.jpg")
+    assert capfd.readouterr().err == ""
+
+
+def test_a_harmless_decoder_warning_is_prefixed_and_the_image_kept(capfd):
+    """Stray bytes before the start-of-scan marker: libjpeg says so, the pixels are whole."""
+    from camdeploy.runtime.images import decode
+
+    data = _photo_jpeg()
+    scan = data.index(b"\xff\xda")
+    padded = data[:scan] + b"\x12\x34\x56" + data[scan:]
+    loaded = decode(padded, "padded.jpg")
+    assert np.array_equal(loaded.pixels, decode(data, "plain.jpg").pixels)
+    err = capfd.readouterr().err
+    assert err.startswith("camdeploy: warning: padded.jpg: the decoder says: Corrupt JPEG data: 3 extraneous bytes "
+                          "before marker 0xda (the image is kept)"), err
+    assert all(line.startswith("camdeploy: ") for line in err.splitlines())
+
+
+def test_a_decoded_size_other_than_the_header_s_is_refused(tmp_path, monkeypatch):
+    from camdeploy.runtime import images
+
+    png = cv2.imencode(".png", np.zeros((30, 40, 3), np.uint8))[1].tobytes()
+    assert images.decode(png, "fine.png").pixels.shape == (30, 40, 3)
+    monkeypatch.setattr(images, "image_size", lambda data: (80, 60))  # what a lying header would say
+    with pytest.raises(CamdeployError, match=r"^odd\.png: corrupt image, left out: its header says 80x60 pixels and "
+                                             r"the data decodes to 40x30$"):
+        images.decode(png, "odd.png")
+
+
+def test_a_run_lists_the_lying_jpeg_in_failures_with_the_decoders_reason(tmp_path, capfd):
+    from conftest import lying_jpeg
+    from tiny_models import TorchvisionStyle, seeded
+
+    from camdeploy.cli import main
+    from camdeploy.export.exporter import ExportOptions, export_onnx
+
+    model = tmp_path / "tiny.onnx"
+    export_onnx(seeded(TorchvisionStyle()), model, ExportOptions(input_size=(32, 32), topk=3, source_model="tiny"))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "good.jpg").write_bytes(_photo_jpeg())
+    (tmp_path / "in" / "lie.jpg").write_bytes(lying_jpeg(_photo_jpeg(), 20000, 20000))
+    capfd.readouterr()
+    assert main(["run", str(model), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-progress"]) == 3
+    err = capfd.readouterr().err
+    assert all(line.startswith("camdeploy") for line in err.splitlines()), err
+    import json
+
+    failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert failure["file"].endswith("lie.jpg") and failure["stage"] == "read"
+    assert "corrupt image data, left out (the decoder says: " in failure["reason"]

@@ -219,3 +219,103 @@ def test_opencv_leaves_the_cores_to_the_model_while_the_loader_decodes(tiny, tmp
         assert seen == [during, during] and cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(previous)
+
+
+def test_a_full_disk_leaves_whole_lines_and_says_failed(tiny, tmp_path, monkeypatch):
+    """ENOSPC injected into the results file's third write, after half its bytes, and into every
+    new file after it (run.json then cannot be replaced): whole lines only, run.json rewritten in
+    place with ``failed`` and the reason; --resume completes it to an uninterrupted run's file."""
+    import errno
+
+    from camdeploy.runtime import pipeline
+
+    path, _ = tiny
+    files = make_images(tmp_path / "images", 9)
+    with OnnxRuntimeRunner(path) as runner:
+        expected = lines(run_files(runner, files, tmp_path / "whole", RunOptions(batch_size=2, progress=False))
+                         .results_path)
+        out = tmp_path / "out"
+        real_write, real_text = os.write, pipeline.write_text
+        state = {"writes": 0, "full": False}
+
+        def write(fd, data):
+            if os.readlink(f"/proc/self/fd/{fd}").endswith("results.jsonl"):
+                state["writes"] += 1
+                if state["writes"] == 3:
+                    state["full"] = True
+                    real_write(fd, bytes(data)[:len(data) // 2])  # the kernel wrote part, then the disk filled
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_write(fd, data)
+
+        def write_text(target, text, label=None):
+            if state["full"]:
+                raise CamdeployError(f"{label}: cannot write there (No space left on device)")
+            return real_text(target, text, label=label)
+
+        monkeypatch.setattr(pipeline.os, "write", write)
+        monkeypatch.setattr(pipeline, "write_text", write_text)
+        with pytest.raises(CamdeployError, match=rf"^--out {out}: cannot write there \(No space left on device\)$"):
+            run_files(runner, files, out, RunOptions(batch_size=2, progress=False))
+        data = (out / "results.jsonl").read_bytes()
+        assert data.endswith(b"\n") and data.splitlines() == [line.encode() for line in expected[:4]]
+        manifest = json.loads((out / "run.json").read_text())
+        assert manifest["status"] == "failed" and "No space left on device" in manifest["error"]
+        assert manifest["counts"]["processed"] == 4
+        monkeypatch.undo()
+        resumed = run_files(runner, files, out, RunOptions(batch_size=2, progress=False, resume=True))
+    assert (resumed.previously, resumed.processed) == (4, 5)
+    assert lines(out / "results.jsonl") == expected
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_file_size_limit_cuts_no_line_in_the_real_command(tiny, tmp_path):
+    """The kernel itself refuses part of a write: RLIMIT_FSIZE lets results.jsonl grow to 3000 bytes
+    and no further (EFBIG), in the real command."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    path, _ = tiny
+    images = tmp_path / "images"
+    make_images(images, 40)
+    out = tmp_path / "out"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+
+    command = [sys.executable, "-m", "camdeploy", "run", str(path), str(images), "--out", str(out), "--no-progress",
+               "--batch-size", "4"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == f"camdeploy run: error: --out {out}: cannot write there (File too large)\n"
+    data = (out / "results.jsonl").read_bytes()
+    assert 0 < len(data) <= 3000 and data.endswith(b"\n")
+    assert all(json.loads(line) for line in data.splitlines())
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"].endswith("(File too large)")
+    assert manifest["counts"]["processed"] == data.count(b"\n")
+    whole = subprocess.run([*command[:7], str(tmp_path / "whole"), *command[8:]], cwd=REPO, capture_output=True,
+                           timeout=120)
+    assert whole.returncode == 0
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "results.jsonl").read_bytes() == (tmp_path / "whole" / "results.jsonl").read_bytes()
+
+
+def test_resume_with_fewer_inputs_says_so_and_keeps_the_others(tiny, tmp_path, capsys):
+    from camdeploy.cli import main
+
+    path, _ = tiny
+    files = make_images(tmp_path / "images", 5)
+    out = tmp_path / "out"
+    assert main(["run", str(path), *map(str, files), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(path), *map(str, files[:3]), "--out", str(out), "--no-progress", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 images were already done (--resume)" in printed
+    assert f"2 results in {out / 'results.jsonl'} are of files this run did not list" in printed
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["unlisted"] == 2
+    assert len(lines(out / "results.jsonl")) == 5

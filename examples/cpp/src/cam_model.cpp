@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 
@@ -133,6 +134,19 @@ CamModel::CamModel(const std::string& path, int threads) {
   }
   if (std::filesystem::is_directory(path, error)) {
     throw HostError("MODEL " + path + ": is a folder; expected an .onnx file written by `camdeploy export`");
+  }
+  // A device or a fifo would be read for ever (or block): refuse what is no regular file, and a file
+  // larger than $CAMDEPLOY_MAX_MODEL_MB (default 2048: a self-contained ONNX file stays under 2 GiB),
+  // as camdeploy.graph.check_model_file does.
+  if (!std::filesystem::is_regular_file(path, error)) {
+    throw HostError("MODEL " + path + ": not a regular file; expected an .onnx file written by `camdeploy export`");
+  }
+  const char* limit_text = std::getenv("CAMDEPLOY_MAX_MODEL_MB");
+  const double limit_mb = (limit_text != nullptr && *limit_text != '\0') ? std::atof(limit_text) : 2048.0;
+  const auto size = std::filesystem::file_size(path, error);
+  if (!error && static_cast<double>(size) > limit_mb * 1048576.0) {
+    throw HostError("MODEL " + path + ": " + std::to_string(size >> 20) + " MiB is more than the limit of " +
+                    std::to_string(static_cast<long long>(limit_mb)) + " MiB; set $CAMDEPLOY_MAX_MODEL_MB to raise it");
   }
   std::map<std::string, std::string> props;
   try {

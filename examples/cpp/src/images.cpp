@@ -4,10 +4,15 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <iterator>
+#include <mutex>
+
+#include <unistd.h>
 
 #include <opencv2/core/utils/logger.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -123,18 +128,83 @@ bool may_have_alpha(const std::vector<unsigned char>& data) {
   return false;
 }
 
-// imdecode with OpenCV's own log line about an undecodable file silenced: our error says it.
-cv::Mat quiet_imdecode(const std::vector<unsigned char>& data, int flags) {
+std::string lower(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return text;
+}
+
+// Decoder messages (lower case) that mean pixels were made up for missing or invalid data: the image is
+// refused as corrupt. The same list as camdeploy.runtime.images.CORRUPTION; other messages are warnings.
+const char* const kCorruption[] = {"premature end", "bad huffman", "instead of rst", "libpng error", "truncated"};
+
+// Runs `decode` with file descriptor 2 captured in a temporary file: libjpeg and libpng print their
+// warnings there, unprefixed. Returns the lines printed meanwhile.
+template <typename Decode>
+std::vector<std::string> with_decoder_messages(Decode decode) {
+  static std::mutex lock;
+  const std::lock_guard<std::mutex> guard(lock);
+  std::fflush(stderr);
+  std::FILE* capture = std::tmpfile();
+  const int saved = capture != nullptr ? ::dup(2) : -1;
+  if (saved < 0) {  // cannot capture: decode as it is
+    if (capture != nullptr) std::fclose(capture);
+    decode();
+    return {};
+  }
+  ::dup2(::fileno(capture), 2);
+  try {
+    decode();
+  } catch (...) {
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+    std::fclose(capture);
+    throw;
+  }
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  std::vector<std::string> lines;
+  std::rewind(capture);
+  char buffer[4096];
+  while (std::fgets(buffer, sizeof buffer, capture) != nullptr) {
+    std::string line(buffer);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    if (!line.empty()) lines.push_back(line);
+  }
+  std::fclose(capture);
+  return lines;
+}
+
+// imdecode with OpenCV's own log line about an undecodable file silenced (our error says it) and the
+// decoder libraries' messages checked: missing or invalid data is refused as corrupt, as camdeploy run does;
+// any other message is a warning with this program's prefix.
+cv::Mat quiet_imdecode(const std::vector<unsigned char>& data, int flags, const std::string& source) {
   namespace logging = cv::utils::logging;
   const auto level = logging::setLogLevel(logging::LOG_LEVEL_SILENT);
   cv::Mat image;
-  try {
-    image = cv::imdecode(cv::Mat(1, static_cast<int>(data.size()), CV_8U, const_cast<unsigned char*>(data.data())),
-                         flags);
-  } catch (const cv::Exception&) {
-    image.release();
-  }
+  const std::vector<std::string> messages = with_decoder_messages([&]() {
+    try {
+      image = cv::imdecode(cv::Mat(1, static_cast<int>(data.size()), CV_8U, const_cast<unsigned char*>(data.data())),
+                           flags);
+    } catch (const cv::Exception&) {
+      image.release();
+    }
+  });
   logging::setLogLevel(level);
+  for (const std::string& message : messages) {
+    const std::string low = lower(message);
+    for (const char* word : kCorruption) {
+      if (low.find(word) != std::string::npos) {
+        throw ImageError(source + ": corrupt image data, left out (the decoder says: " + message + ")");
+      }
+    }
+  }
+  for (const std::string& message : messages) {
+    std::cerr << "camdeploy-host: warning: " << source << ": the decoder says: " << message << " (the image is kept)"
+              << std::endl;
+  }
   return image;
 }
 
@@ -156,12 +226,6 @@ std::string pathlib_string(const std::string& text) {
     start = end + 1;
   }
   return out.empty() ? "." : out;
-}
-
-std::string lower(std::string text) {
-  std::transform(text.begin(), text.end(), text.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return text;
 }
 
 bool has_image_suffix(const fs::path& path) {
@@ -202,11 +266,12 @@ std::array<float, 4> Frame::to_original(const float* box) const {
 
 cv::Mat decode_image(const std::vector<unsigned char>& data, const std::string& source) {
   // IMREAD_ANYDEPTH keeps 16-bit samples so that we scale them ourselves.
-  cv::Mat image = data.empty() ? cv::Mat() : quiet_imdecode(data, cv::IMREAD_COLOR | cv::IMREAD_ANYDEPTH);
+  cv::Mat image =
+      data.empty() ? cv::Mat() : quiet_imdecode(data, cv::IMREAD_COLOR | cv::IMREAD_ANYDEPTH, source);
   if (image.empty()) throw ImageError(source + ": not a readable image (corrupt, empty or unknown format)");
   image = to_uint8(image, source);
   if (may_have_alpha(data)) {
-    const cv::Mat full = quiet_imdecode(data, cv::IMREAD_UNCHANGED);  // keeps alpha, ignores EXIF
+    const cv::Mat full = quiet_imdecode(data, cv::IMREAD_UNCHANGED, source);  // keeps alpha, ignores EXIF
     if (!full.empty() && full.channels() == 4) {
       const cv::Mat alpha = oriented_alpha(full, image, source);
       if (!alpha.empty()) {
