@@ -15,14 +15,14 @@ import sys
 from collections.abc import Sequence
 
 import camdeploy
-from camdeploy.cli import bench, calibrate, demo, evaluate, export, info, run, serve, tensorrt, triton
+from camdeploy.cli import bench, calibrate, demo, evaluate, export, info, run, serve, tensorrt, triton, units
 from camdeploy.errors import CamdeployError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE, as a shell reports a command whose output pipe closed."""
-COMMANDS = (export, run, serve, info, demo, evaluate, bench, calibrate, tensorrt, triton)
+COMMANDS = (export, run, serve, info, demo, evaluate, bench, calibrate, tensorrt, triton, units)
 
 
 def build_parser() -> argparse.ArgumentParser:
