@@ -109,13 +109,14 @@ def cmd_units(args: argparse.Namespace) -> int:
     from camdeploy.runtime.inputs import list_inputs
     from camdeploy.units.analysis import UnitsOptions, analyse_units
     from camdeploy.units.compare import compare_units
-    from camdeploy.units.concepts import image_source, read_boxes, read_broden
+    from camdeploy.units.concepts import ConceptSource, image_source, read_boxes, read_broden
     from camdeploy.units.report import ReportOptions, write_report
 
     _check(args)
     model = Path(args.model)
     spec = read_spec(model)
     classes = _classes(args.classes, len(spec.class_names))
+    source: ConceptSource
     if args.broden:
         categories = tuple(c for c in args.categories.split(",") if c) if args.categories else None
         source = read_broden(args.broden, categories)
@@ -156,7 +157,7 @@ def cmd_units(args: argparse.Namespace) -> int:
                 "resize": resize, "input_size": [spec.input_height, spec.input_width], "batch_size": args.batch_size,
                 "backend": args.backend, "mask_size": list(getattr(source, "mask_size", ())) or None,
                 "limit": args.limit}
-    model_info = {"path": str(model.resolve()), "sha256": file_sha256(model), "source_model": spec.source_model,
+    model_info: dict[str, object] = {"path": str(model.resolve()), "sha256": file_sha256(model), "source_model": spec.source_model,
                   "variants": [{"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for v in args.compare or []]}
     report = ReportOptions(montages=not args.no_montages, tile=args.tile_size, classes=classes,
                            class_units=args.class_units)

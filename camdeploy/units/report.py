@@ -177,8 +177,8 @@ def write_report(analysis: Analysis, out_dir: str | Path, options: ReportOptions
     model = analysis.models[0]
     label = f"--out {out_dir}"
     if options.montages:
-        spec_h, spec_w = settings["input_size"]  # type: ignore[misc]
-        tiles = _Tiles(analysis, int(spec_h), int(spec_w), str(settings["resize"]), options.tile,
+        size: list[int] = settings["input_size"]  # type: ignore[assignment]
+        tiles = _Tiles(analysis, int(size[0]), int(size[1]), str(settings["resize"]), options.tile,
                        options.cache_images)
         folder = out_dir / "montages"
         for unit in range(model.units):

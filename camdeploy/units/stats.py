@@ -66,7 +66,8 @@ class UnitStats:
             raise CamdeployError(f"--quantile {quantile}: expected a fraction between 0 and 1 (e.g. 0.005)")
         if top_k < 1:
             raise CamdeployError(f"--top-k {top_k}: expected a positive number of images")
-        self.units, self.map_shape, self.top_k, self.quantile = units, tuple(map_shape), top_k, quantile
+        self.units, self.top_k, self.quantile = units, top_k, quantile
+        self.map_shape: tuple[int, int] = (int(map_shape[0]), int(map_shape[1]))
         self.max_images = max_images
         positions = map_shape[0] * map_shape[1]
         self.kept = kept_values(quantile, max(1, max_images) * positions)
