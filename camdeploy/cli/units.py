@@ -157,8 +157,9 @@ def cmd_units(args: argparse.Namespace) -> int:
                 "resize": resize, "input_size": [spec.input_height, spec.input_width], "batch_size": args.batch_size,
                 "backend": args.backend, "mask_size": list(getattr(source, "mask_size", ())) or None,
                 "limit": args.limit}
-    model_info: dict[str, object] = {"path": str(model.resolve()), "sha256": file_sha256(model), "source_model": spec.source_model,
-                  "variants": [{"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for v in args.compare or []]}
+    model_info: dict[str, object] = {
+        "path": str(model.resolve()), "sha256": file_sha256(model), "source_model": spec.source_model,
+        "variants": [{"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for v in args.compare or []]}
     report = ReportOptions(montages=not args.no_montages, tile=args.tile_size, classes=classes,
                            class_units=args.class_units)
     document = write_report(analysis, args.out, report, model_info=model_info, class_names=spec.class_names,

@@ -14,12 +14,17 @@ map pooled over its positions (mean for GAP, max for GMP). So:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from camdeploy.atomic import file_sha256
+from camdeploy.console import warn
 from camdeploy.errors import CamdeployError
+from camdeploy.runtime.result import CamResult
+from camdeploy.runtime.runner import Runner
 
 DEFAULT_CLASS_UNITS = 5
 DEFAULT_WHY_UNITS = 3
@@ -98,3 +103,26 @@ def why(features: np.ndarray, weight: np.ndarray, classes: np.ndarray, pooling: 
             records.append(record)
         out.append(records)
     return out
+
+
+def explainer(runner: Runner, count: int, concepts_path: str | Path | None = None
+              ) -> Callable[[CamResult], list[list[dict[str, object]]]]:
+    """``run --why``: a function from a result (inferred with ``features=True``) to the ``why`` of
+    each record, the ``count`` units behind its top class, named from ``concepts_path`` (the
+    ``camdeploy units`` report of this model) when given."""
+    concepts = read_unit_concepts(concepts_path) if concepts_path else None
+    weight = runner.class_weight()
+    if concepts is not None and len(concepts.labels) != weight.shape[1]:
+        raise CamdeployError(f"--why-concepts {concepts_path}: describes {len(concepts.labels)} units; MODEL has "
+                             f"{weight.shape[1]}; run `camdeploy units` on this model")
+    made_from = concepts.model_sha256 if concepts is not None else None
+    if made_from and runner.model_path and made_from != file_sha256(runner.model_path):
+        warn(f"--why-concepts {concepts_path}: made from another model file (SHA-256 {made_from[:12]}...); its "
+             "unit labels are used as they are")
+
+    def explain(result: CamResult) -> list[list[dict[str, object]]]:
+        if result.features is None:
+            raise CamdeployError("--why: the result has no features (infer with features=True)")
+        return why(result.features, weight, result.classes[:, 0], runner.spec.pooling, count, concepts)
+
+    return explain

@@ -122,3 +122,42 @@ def test_images_without_concepts_and_refusals(files: tuple[Path, Path, Path], tm
         target = out if "already" in message else tmp_path / "other"
         assert main(["units", str(model), *argv, "--out", str(target), "--no-progress"]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_run_why_names_the_units_behind_the_top_class(files: tuple[Path, Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from camdeploy.backends import make_runner
+    from camdeploy.runtime.images import load_image, prepare
+    from camdeploy.units.classes import contributions
+
+    model, _, broden = files
+    units = tmp_path / "units"
+    assert main(["units", str(model), "--broden", str(broden), "--out", str(units), "--quantile", str(QUANTILE),
+                 "--no-progress", "--no-montages"]) == 0
+    images = [broden / "images" / f"im{i}.png" for i in (0, 3, 7)]
+    out = tmp_path / "run"
+    assert main(["run", str(model), *map(str, images), "--out", str(out), "--why", "2", "--why-concepts", str(units),
+                 "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    with make_runner("ort", model) as runner:
+        batch = np.stack([prepare(load_image(p), runner.spec)[0] for p in images])
+        result = runner.infer(batch, features=True, outputs="classes")
+        parts = contributions(result.features, runner.class_weight(), result.classes[:, 0])
+    for record, part in zip(records, parts, strict=True):
+        order = np.lexsort((np.arange(2), -part))
+        assert [w["unit"] for w in record["why"]] == order[:2].tolist()
+        expected = [round(part[u] / part.sum(), 4) if part.sum() else None for u in order[:2]]  # im7: no red, no blue
+        assert [w["share"] for w in record["why"]] == expected
+        names = {0: "square (object)", 1: "box (object)"}
+        assert [w["concept"] for w in record["why"]] == [names[int(u)] for u in order[:2]]
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["why"] == 2
+    assert main(["run", str(model), *map(str, images), "--out", str(out), "--resume", "--no-progress"]) == 1
+    assert "made with why 2, this run has None" in capsys.readouterr().err
+    assert main(["run", str(model), str(images[0]), "--out", str(tmp_path / "x"), "--why-concepts", str(units)]) == 1
+    assert "add --why" in capsys.readouterr().err
+    assert main(["run", str(model), str(images[0]), "--out", str(tmp_path / "y"), "--why", "--why-concepts",
+                 str(tmp_path)]) == 1
+    assert "not the units.json of `camdeploy units`" in capsys.readouterr().err
