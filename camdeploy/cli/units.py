@@ -43,6 +43,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "threshold (default 0.005)")
     p.add_argument("--iou-threshold", type=float, default=0.04, help="IoU from which a unit is a detector of its "
                    "concept (default 0.04)")
+    p.add_argument("--min-images", type=int, default=1, help="images a concept must occur in to be a unit's label "
+                   "(default 1: any concept, as NetDissect-Lite; in a small box data set, a class may occur in a "
+                   "single image)")
     p.add_argument("--mask-size", type=int, help="with --boxes: side of the box masks, in pixels over the model's "
                    "input (default: half the input side, as Broden's 112 for 224)")
     p.add_argument("--classes", help="comma-separated class indices: report each class's top units by W[c, k]")
@@ -80,7 +83,8 @@ def _check(args: argparse.Namespace) -> None:
     if not 1 <= args.batch_size <= MAX_BATCH:
         raise CamdeployError(f"--batch-size {args.batch_size}: expected 1 to {MAX_BATCH}")
     for flag, value in (("--top-k", args.top_k), ("--class-units", args.class_units), ("--tile-size", args.tile_size),
-                        ("--limit", args.limit), ("--mask-size", args.mask_size), ("--max-pixels", args.max_pixels)):
+                        ("--limit", args.limit), ("--mask-size", args.mask_size),
+                        ("--min-images", args.min_images), ("--max-pixels", args.max_pixels)):
         if value is not None and value < 1:
             raise CamdeployError(f"{flag} {value}: expected a positive number")
     if not 0 < args.quantile < 1:
@@ -140,6 +144,7 @@ def cmd_units(args: argparse.Namespace) -> int:
         runners.append(make_runner("ort", variant, dataclasses.replace(options.for_backend("ort"),
                                                                      outputs="classes")))
     units_options = UnitsOptions(top_k=args.top_k, quantile=args.quantile, iou_threshold=args.iou_threshold,
+                                 min_images=args.min_images,
                                  batch_size=args.batch_size, resize=args.resize, max_pixels=args.max_pixels,
                                  progress=not args.no_progress)
     opened = []
@@ -154,6 +159,7 @@ def cmd_units(args: argparse.Namespace) -> int:
     comparisons = [compare_units(analysis.models[0], m) for m in analysis.models[1:]]
     resize = args.resize or source.resize or spec.resize
     settings = {"top_k": args.top_k, "quantile": args.quantile, "iou_threshold": args.iou_threshold,
+                "min_images": args.min_images,
                 "resize": resize, "input_size": [spec.input_height, spec.input_width], "batch_size": args.batch_size,
                 "backend": args.backend, "mask_size": list(getattr(source, "mask_size", ())) or None,
                 "limit": args.limit}

@@ -47,6 +47,8 @@ class UnitsOptions:
     top_k: int = DEFAULT_TOP_K
     quantile: float = DEFAULT_QUANTILE
     iou_threshold: float = DEFAULT_IOU_THRESHOLD
+    min_images: int = 1
+    """Images a label must occur in to be a unit's label (1: any, as NetDissect-Lite)."""
     batch_size: int = 16
     resize: str | None = None
     """``stretch`` or ``crop`` (default: what the concepts need, else the model's own)."""
@@ -253,6 +255,7 @@ def _analyse(runners: list[Runner], source: ConceptSource, spill_dir: Path, opti
         models.append(ModelUnits(
             name=name, description=runner.describe(), thresholds=thresholds[m], top_values=stats[m].top_values,
             top_images=stats[m].top_images, top_maps=stats[m].top_maps, class_weight=runner.class_weight(),
-            tally=tally.result(source.categories, source.labels, options.iou_threshold) if tally else None))
+            tally=tally.result(source.categories, source.labels, options.iou_threshold, options.min_images)
+            if tally else None))
     return Analysis(models=models, source=source, images=kept, frames=frames, skipped=skipped, map_shape=map_shape,
                     options=options, seconds=seconds)

@@ -62,6 +62,7 @@ class Tally:
         self.label_pixels = np.zeros(labels, dtype=np.int64)  # G
         self.unit_pixels = np.zeros(units, dtype=np.int64)  # sum of |M|
         self.unit_category_pixels = np.zeros((units, categories), dtype=np.int64)  # A
+        self.label_images = np.zeros(labels, dtype=np.int64)  # images where each label occurs
         self.images = 0
 
     def add(self, maps: np.ndarray, thresholds: np.ndarray, concepts: ConceptMap) -> None:
@@ -82,6 +83,8 @@ class Tally:
             self.label_pixels += counts
         for scalar in concepts.scalars:
             self.label_pixels[scalar] += sh * sw
+        occurring = np.unique(np.concatenate([layers.ravel(), np.asarray(concepts.scalars, dtype=layers.dtype)]))
+        self.label_images[occurring[occurring > 0]] += 1
         peaks = maps.reshape(maps.shape[0], -1).max(axis=1)
         fire = np.flatnonzero(peaks > thresholds)
         if not fire.size:
@@ -108,10 +111,13 @@ class Tally:
         self.unit_category_pixels[fire] += sizes[:, None] * hit
 
     def result(self, category_names: list[str], label_names: list[str],
-               iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> TallyResult:
+               iou_threshold: float = DEFAULT_IOU_THRESHOLD, min_images: int = 1) -> TallyResult:
+        """IoUs and labels; a label found in fewer than ``min_images`` images cannot be a unit's
+        label (1: any label, as the reference)."""
         activation = self.unit_category_pixels[:, self.primary]  # A[u, c(l)]  [U, L]
         iou = self.intersection / (activation + self.label_pixels[None, :] - self.intersection + EPSILON)
-        per_category = np.stack([np.where(self.primary[None, :] == c, iou, 0.0)
+        eligible = self.label_images >= min_images
+        per_category = np.stack([np.where((self.primary == c) & eligible, iou, 0.0)
                                  for c in range(self.categories)])  # [C, U, L]
         labels = per_category.argmax(axis=2)  # [C, U]
         scores = np.take_along_axis(per_category, labels[:, :, None], axis=2)[:, :, 0]  # [C, U]
@@ -122,7 +128,7 @@ class Tally:
                            intersection=self.intersection.copy(), label_pixels=self.label_pixels.copy(),
                            unit_pixels=self.unit_pixels.copy(), category_labels=labels, category_scores=scores,
                            best_category=best, label=labels[best, units], score=scores[best, units],
-                           images=self.images)
+                           images=self.images, label_images=self.label_images.copy(), min_images=min_images)
 
 
 @dataclass
@@ -146,6 +152,9 @@ class TallyResult:
     label: np.ndarray
     score: np.ndarray
     images: int
+    label_images: np.ndarray
+    """``int64 [L]``: images where each label occurs."""
+    min_images: int = 1
 
     @property
     def detectors(self) -> np.ndarray:
@@ -167,7 +176,7 @@ class TallyResult:
         units = len(self.score)
         concepts = len(set(self.label[detectors].tolist()))
         return {"units": units, "detectors": int(detectors.sum()), "concepts": concepts,
-                "iou_threshold": self.iou_threshold, "per_category": per_category,
+                "iou_threshold": self.iou_threshold, "min_images": self.min_images, "per_category": per_category,
                 "sentence": f"{int(detectors.sum())} of {units} units are detectors of {concepts} unique concepts "
                             f"(IoU >= {self.iou_threshold:g})"}
 
@@ -175,6 +184,7 @@ class TallyResult:
         """One unit's concept: label, category, IoU, detector, and its best label per category."""
         return {"label": self.label_names[self.label[unit]], "category": self.category_names[self.best_category[unit]],
                 "iou": float(self.score[unit]), "detector": bool(self.detectors[unit]),
+                "label_images": int(self.label_images[self.label[unit]]),
                 "per_category": {name: {"label": self.label_names[self.category_labels[c, unit]],
                                         "iou": float(self.category_scores[c, unit])}
                                  for c, name in enumerate(self.category_names)}}
