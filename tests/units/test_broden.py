@@ -123,3 +123,31 @@ def test_refusals(broden: Path, tmp_path: Path) -> None:
     with pytest.raises(CamdeployError, match="--resize crop: broden concepts label the whole image"), \
             HandmadeRunner() as runner:
         analyse_units([runner], read_broden(broden), tmp_path, UnitsOptions(resize="crop", progress=False))
+
+
+def test_min_images_keeps_rare_concepts_from_labelling_units(analysis) -> None:  # type: ignore[no-untyped-def]
+    tally = analysis.models[0].tally
+    assert tally.label_images[OUTDOOR] == 2 and tally.label_images[SQUARE] == 6 and tally.label_images[INDOOR] == 6
+    model = analysis.models[0]
+    from camdeploy.units.tally import Tally
+
+    assert tally.min_images == 1
+    # recount with the same maps: outdoor (2 images) may no longer label unit 2
+    source = analysis.source
+    again = Tally(6, source.primary, len(source.categories))
+    for position, index in enumerate(analysis.images):
+        maps = HandmadeRunner().features(_tensor(source.images[index]))[0]
+        again.add(maps, model.thresholds, source.concept_map(index, analysis.frames[position]))
+    strict = again.result(source.categories, source.labels, min_images=3)
+    # next best for unit 2: box, 2 x 6 of its 36 pixels, A[2, object] = 128: 12 / (128 + 36 - 12)
+    assert strict.label_names[strict.label[2]] == "box" and strict.score[2] == pytest.approx(12 / 152)
+    assert strict.label_names[strict.label[0]] == "square"
+    np.testing.assert_array_equal(strict.iou, tally.iou)  # the IoUs themselves do not change
+
+
+def _tensor(path: Path) -> np.ndarray:
+    from broden_handmade import SPEC
+
+    from camdeploy.runtime.images import load_image, prepare
+
+    return prepare(load_image(path), SPEC)[0][None]
