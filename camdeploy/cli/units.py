@@ -46,6 +46,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-images", type=int, default=1, help="images a concept must occur in to be a unit's label "
                    "(default 1: any concept, as NetDissect-Lite; in a small box data set, a class may occur in a "
                    "single image)")
+    p.add_argument("--saturated", choices=("empty", "include"), default="empty", help="masks of units whose "
+                   "threshold equals their largest value (their top --quantile lies at one value, e.g. ReLU6's "
+                   "ceiling 6, so no position is > T): empty (default: NetDissect's > T) or include (>= T for "
+                   "those units only)")
     p.add_argument("--mask-size", type=int, help="with --boxes: side of the box masks, in pixels over the model's "
                    "input (default: half the input side, as Broden's 112 for 224)")
     p.add_argument("--classes", help="comma-separated class indices: report each class's top units by W[c, k]")
@@ -144,7 +148,7 @@ def cmd_units(args: argparse.Namespace) -> int:
         runners.append(make_runner("ort", variant, dataclasses.replace(options.for_backend("ort"),
                                                                      outputs="classes")))
     units_options = UnitsOptions(top_k=args.top_k, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                                 min_images=args.min_images,
+                                 min_images=args.min_images, saturated=args.saturated,
                                  batch_size=args.batch_size, resize=args.resize, max_pixels=args.max_pixels,
                                  progress=not args.no_progress)
     opened = []
@@ -159,7 +163,7 @@ def cmd_units(args: argparse.Namespace) -> int:
     comparisons = [compare_units(analysis.models[0], m) for m in analysis.models[1:]]
     resize = args.resize or source.resize or spec.resize
     settings = {"top_k": args.top_k, "quantile": args.quantile, "iou_threshold": args.iou_threshold,
-                "min_images": args.min_images,
+                "min_images": args.min_images, "saturated": args.saturated,
                 "resize": resize, "input_size": [spec.input_height, spec.input_width], "batch_size": args.batch_size,
                 "backend": args.backend, "mask_size": list(getattr(source, "mask_size", ())) or None,
                 "limit": args.limit}
@@ -176,6 +180,12 @@ def cmd_units(args: argparse.Namespace) -> int:
           f"{'' if not analysis.skipped else f' ({len(analysis.skipped)} images left out, see units.json)'}")
     if summary is not None:
         print(summary["sentence"])  # type: ignore[index]
+    saturated = int(analysis.models[0].saturated.sum())
+    if saturated:
+        rule = ("their masks are >= T (--saturated include)" if args.saturated == "include" else
+                "their masks are empty under NetDissect's > T; --saturated include masks them with >= T")
+        print(f"{saturated} units have a threshold equal to their largest value (e.g. an activation's ceiling); "
+              f"{rule}")
     for comparison in comparisons:
         print(comparison["summary"]["sentence"])  # type: ignore[index]
     print(f"report in {args.out / 'index.html'}", file=sys.stderr)

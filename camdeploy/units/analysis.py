@@ -39,6 +39,8 @@ from camdeploy.units.concepts import ConceptMap, ConceptSource
 from camdeploy.units.stats import DEFAULT_QUANTILE, DEFAULT_TOP_K, UnitStats
 from camdeploy.units.tally import DEFAULT_IOU_THRESHOLD, Tally, TallyResult
 
+SATURATED = ("empty", "include")
+
 
 @dataclass(frozen=True)
 class UnitsOptions:
@@ -49,6 +51,10 @@ class UnitsOptions:
     iou_threshold: float = DEFAULT_IOU_THRESHOLD
     min_images: int = 1
     """Images a label must occur in to be a unit's label (1: any, as NetDissect-Lite)."""
+    saturated: str = "empty"
+    """Masks of a unit whose threshold equals its largest value (its top ``q`` lies at one value,
+    such as ReLU6's ceiling, so that no value is ``> T``): ``empty`` (the reference's ``> T``) or
+    ``include`` (``>= T`` for those units only)."""
     batch_size: int = 16
     resize: str | None = None
     """``stretch`` or ``crop`` (default: what the concepts need, else the model's own)."""
@@ -63,7 +69,10 @@ class ModelUnits:
 
     Attributes:
         name: how reports name the model (its file name).
-        thresholds: ``float32 [U]``.
+        thresholds: ``float32 [U]``, the quantile T.
+        mask_thresholds: ``float32 [U]``: a mask is ``map > mask_thresholds``: T, or the float32
+            just below T for a saturated unit under ``saturated="include"`` (``>= T``).
+        saturated: ``bool [U]``: T equals the unit's largest value, and the unit is not constant.
         top_values, top_images: ``[U, k]`` spatial maxima and indices into ``images`` of each
             unit's top images, best first.
         top_maps: ``float32 [U, k, h, w]``, the maps of those images.
@@ -74,6 +83,8 @@ class ModelUnits:
     name: str
     description: dict[str, object]
     thresholds: np.ndarray
+    mask_thresholds: np.ndarray
+    saturated: np.ndarray
     top_values: np.ndarray
     top_images: np.ndarray
     top_maps: np.ndarray
@@ -231,7 +242,14 @@ def _analyse(runners: list[Runner], source: ConceptSource, spill_dir: Path, opti
         raise CamdeployError(f"none of the {len(source.images)} images could be read{first}")
     map_shape = stats[0].map_shape
     maps = [spill.finish() for spill in spills]
+    if options.saturated not in SATURATED:
+        raise CamdeployError(f"--saturated {options.saturated!r}: expected one of {', '.join(SATURATED)}")
     thresholds = [s.thresholds() for s in stats]
+    # T at the largest value of a unit that has others: its top quantile is one value (a constant unit is not)
+    saturated = [(t >= s.top_values[:, 0]) & (s.top_values[:, 0] > s.minimum) for t, s in zip(thresholds, stats,
+                                                                                              strict=True)]
+    mask_thresholds = [np.where(sat, np.nextafter(t, np.float32(-np.inf)), t) if options.saturated == "include"
+                       else t for t, sat in zip(thresholds, saturated, strict=True)]
     tallies: list[Tally | None] = [None] * len(runners)
     if source.has_concepts:
         start = time.perf_counter()
@@ -242,7 +260,7 @@ def _analyse(runners: list[Runner], source: ConceptSource, spill_dir: Path, opti
                 for m, tally in enumerate(tallies):
                     assert tally is not None
                     units = stats[m].units
-                    tally.add(np.asarray(maps[m][position]).reshape(units, *map_shape), thresholds[m], concepts)
+                    tally.add(np.asarray(maps[m][position]).reshape(units, *map_shape), mask_thresholds[m], concepts)
                 bar.update(1)
         finally:
             bar.close()
@@ -253,7 +271,8 @@ def _analyse(runners: list[Runner], source: ConceptSource, spill_dir: Path, opti
         name = runner.model_path.name if runner.model_path else runner.name
         tally = tallies[m]
         models.append(ModelUnits(
-            name=name, description=runner.describe(), thresholds=thresholds[m], top_values=stats[m].top_values,
+            name=name, description=runner.describe(), thresholds=thresholds[m], mask_thresholds=mask_thresholds[m],
+            saturated=saturated[m], top_values=stats[m].top_values,
             top_images=stats[m].top_images, top_maps=stats[m].top_maps, class_weight=runner.class_weight(),
             tally=tally.result(source.categories, source.labels, options.iou_threshold, options.min_images)
             if tally else None))

@@ -82,7 +82,7 @@ def unit_montage(model: ModelUnits, unit: int, tiles: _Tiles) -> np.ndarray:
     """The montage of ``unit``: its top images with their masks at the tile size."""
     count = int(np.isfinite(model.top_values[unit]).sum())
     images = [tiles.get(int(p)) for p in model.top_images[unit, :count]]
-    thresholds = np.full(count, model.thresholds[unit], dtype=np.float32)
+    thresholds = np.full(count, model.mask_thresholds[unit], dtype=np.float32)
     masks = unit_masks(model.top_maps[unit, :count], thresholds, (tiles.tile, tiles.tile))
     return montage(images, list(masks))
 
@@ -134,7 +134,8 @@ def _unit_records(analysis: Analysis, model: ModelUnits, montages: bool) -> list
     for unit in range(model.units):
         count = int(np.isfinite(model.top_values[unit]).sum())
         record: dict[str, object] = {
-            "unit": unit, "threshold": float(model.thresholds[unit]),
+            "unit": unit, "threshold": float(model.thresholds[unit]), "saturated": bool(model.saturated[unit]),
+            "mask_rule": ">" if model.mask_thresholds[unit] == model.thresholds[unit] else ">=",
             "top_images": [{"file": str(analysis.image_path(int(p))), "max": float(v)} for p, v in
                            zip(model.top_images[unit, :count], model.top_values[unit, :count], strict=True)],
             "montage": f"montages/unit_{unit:04d}.jpg" if montages else None}
@@ -196,6 +197,10 @@ def write_report(analysis: Analysis, out_dir: str | Path, options: ReportOptions
         "images": {"listed": len(analysis.source.images), "read": len(analysis.images),
                    "skipped": [{"file": str(p), "reason": r} for p, r in analysis.skipped]},
         "units_count": model.units, "map_shape": list(analysis.map_shape),
+        "saturated": {"units": int(model.saturated.sum()), "rule": analysis.options.saturated,
+                      "note": "units, not constant, whose threshold equals their largest value: their top quantile "
+                              "lies at one value (e.g. ReLU6's 6), so no position is > T; with rule 'empty' (the "
+                              "reference's > T) their masks are empty, with 'include' they are >= T"},
         "summary": model.tally.summary() if model.tally is not None else None,
         "seconds": {k: round(v, 3) for k, v in analysis.seconds.items()},
         "classes": classes, "compare": [c["summary"] for c in comparisons or []], "units": units}
@@ -254,6 +259,10 @@ def render_html(document: dict[str, object], model: ModelUnits, options: ReportO
              f'{"x".join(map(str, document["map_shape"]))} feature map; threshold: the top '  # type: ignore[call-overload]
              f'{100 * float(document["settings"]["quantile"]):g} % of positions '  # type: ignore[index]
              f'(exact); execution {e(str(model.description.get("execution")))}.</p>']
+    saturated: dict[str, object] = document["saturated"]  # type: ignore[assignment]
+    if saturated["units"]:
+        parts.append(f'<p class="note">{saturated["units"]} units saturate: {e(str(saturated["note"]))} (rule used '
+                     f'here: {e(str(saturated["rule"]))}).</p>')
     if summary is not None:
         parts.append(f"<h2>{e(str(summary['sentence']))}</h2>")  # type: ignore[index]
         parts.append("<table><tr><th>category</th><th>detectors</th><th>unique concepts</th></tr>")

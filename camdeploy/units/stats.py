@@ -76,6 +76,8 @@ class UnitStats:
         """``[U, <=k]`` spatial maxima of each unit's top images, largest first (ties: earlier image first)."""
         self.top_images = np.zeros((units, 0), dtype=np.int64)
         self.top_maps = np.zeros((units, 0, *map_shape), dtype=np.float32)
+        self.minimum = np.full(units, np.inf, dtype=np.float32)
+        """``[U]``: each unit's smallest value."""
         self._largest = np.full((units, 0), -np.inf, dtype=np.float32)
         self._pending: list[np.ndarray] = []
         self._pending_size = 0
@@ -94,6 +96,7 @@ class UnitStats:
         if self.images + batch > self.max_images:
             raise CamdeployError(f"UnitStats: {self.images + batch} images added; max_images is {self.max_images}")
         maxima = features.reshape(batch, self.units, -1).max(axis=2)  # [B, U]
+        np.minimum(self.minimum, features.min(axis=(0, 2, 3)), out=self.minimum)
         self._add_top(features, maxima)
         values = np.ascontiguousarray(features.transpose(1, 0, 2, 3).reshape(self.units, -1))  # [U, B*h*w]
         self._pending.append(values)

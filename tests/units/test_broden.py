@@ -151,3 +151,21 @@ def _tensor(path: Path) -> np.ndarray:
     from camdeploy.runtime.images import load_image, prepare
 
     return prepare(load_image(path), SPEC)[0][None]
+
+
+@pytest.mark.parametrize("rule", ["empty", "include"])
+def test_units_saturated_at_their_threshold(broden: Path, tmp_path: Path, rule: str) -> None:
+    """With q = 3 %, units 0, 1, 2 and 3 are 1 (their largest value) on more than 3 % of positions:
+    T = 1, so no position is > T. The reference's rule leaves their masks empty; include takes >= T."""
+    with HandmadeRunner() as runner:
+        result = analyse_units([runner], read_broden(broden), tmp_path,
+                               UnitsOptions(quantile=0.03, progress=False, saturated=rule))
+    model = result.models[0]
+    assert model.thresholds.tolist() == [1, 1, 1, 1, 0, 0]
+    assert model.saturated.tolist() == [True, True, True, True, False, False]  # unit 4 is constant: never saturated
+    labels = [model.tally.unit_record(u)["label"] for u in range(6)]
+    if rule == "empty":
+        assert labels == ["-", "-", "-", "-", "-", "corner"]
+    else:
+        assert labels == ["square", "box", "outdoor", "square", "-", "corner"]
+        assert model.tally.score[0] == pytest.approx(1.0) and model.tally.score[4] == 0
