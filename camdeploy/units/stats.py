@@ -73,7 +73,9 @@ class UnitStats:
         self.kept = kept_values(quantile, max(1, max_images) * positions)
         self.images = 0
         self.top_values = np.full((units, 0), -np.inf, dtype=np.float32)
-        """``[U, <=k]`` spatial maxima of each unit's top images, largest first (ties: earlier image first)."""
+        """``[U, <=k]`` spatial maxima of each unit's top images, largest first; ties (common at an
+        activation's ceiling, such as ReLU6's 6) go to the larger sum of the map, then the earlier image."""
+        self.top_sums = np.zeros((units, 0), dtype=np.float64)
         self.top_images = np.zeros((units, 0), dtype=np.int64)
         self.top_maps = np.zeros((units, 0, *map_shape), dtype=np.float32)
         self.minimum = np.full(units, np.inf, dtype=np.float32)
@@ -109,11 +111,12 @@ class UnitStats:
     def _add_top(self, features: np.ndarray, maxima: np.ndarray) -> None:
         indices = np.arange(self.images, self.images + features.shape[0])
         values = np.concatenate([self.top_values, maxima.T], axis=1)  # [U, k' + B]
+        sums = np.concatenate([self.top_sums, features.sum(axis=(2, 3), dtype=np.float64).T], axis=1)
         images = np.concatenate([self.top_images, np.broadcast_to(indices, (self.units, len(indices)))], axis=1)
         maps = np.concatenate([self.top_maps, features.transpose(1, 0, 2, 3)], axis=1)
-        # Stable: the kept images come first and are earlier than the batch, so ties keep the earlier image.
-        order = np.argsort(-values, axis=1, kind="stable")[:, :self.top_k]
+        order = np.lexsort((images, -sums, -values), axis=1)[:, :self.top_k]
         self.top_values = np.take_along_axis(values, order, axis=1)
+        self.top_sums = np.take_along_axis(sums, order, axis=1)
         self.top_images = np.take_along_axis(images, order, axis=1)
         self.top_maps = np.take_along_axis(maps, order[:, :, None, None], axis=1)
 

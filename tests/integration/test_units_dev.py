@@ -62,8 +62,9 @@ def test_thresholds_and_top_images_from_the_same_features(dissected) -> None:  #
     values = features.transpose(1, 0, 2, 3).reshape(1280, -1).astype(np.float64)
     np.testing.assert_array_equal(model.thresholds, np.quantile(values, 0.995, axis=1).astype(np.float32))
     maxima = features.reshape(IMAGES, 1280, -1).max(axis=2)
-    for unit in range(0, 1280, 37):
-        order = np.lexsort((np.arange(IMAGES), -maxima[:, unit]))[:10]
+    sums = features.sum(axis=(2, 3), dtype=np.float64)
+    for unit in range(0, 1280, 37):  # by maximum; ties (at ReLU6's 6): larger sum, then earlier image
+        order = np.lexsort((np.arange(IMAGES), -sums[:, unit], -maxima[:, unit]))[:10]
         assert model.top_images[unit].tolist() == order.tolist()
 
 

@@ -26,8 +26,10 @@ def test_threshold_is_numpys_quantile_and_top_images_are_exact(images: int, batc
     expected = np.quantile(per_unit, 1 - quantile, axis=1).astype(np.float32)
     np.testing.assert_array_equal(stats.thresholds(), expected)
     maxima = features.reshape(images, 6, -1).max(axis=2)
+    sums = features.sum(axis=(2, 3), dtype=np.float64)
     for unit in range(6):
-        order = np.lexsort((np.arange(images), -maxima[:, unit]))[:4]  # largest first, earlier image on ties
+        # largest first; ties (unit 5 has many): the larger sum, then the earlier image
+        order = np.lexsort((np.arange(images), -sums[:, unit], -maxima[:, unit]))[:4]
         np.testing.assert_array_equal(stats.top_images[unit], order)
         np.testing.assert_array_equal(stats.top_values[unit], maxima[order, unit])
         np.testing.assert_array_equal(stats.top_maps[unit], features[order, unit])
