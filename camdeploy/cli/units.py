@@ -148,7 +148,7 @@ def cmd_units(args: argparse.Namespace) -> int:
         runners.append(make_runner("ort", variant, dataclasses.replace(options.for_backend("ort"),
                                                                      outputs="classes")))
     units_options = UnitsOptions(top_k=args.top_k, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                                 min_images=args.min_images, saturated=args.saturated,
+                                 min_images=args.min_images, saturated=args.saturated, workers=args.threads,
                                  batch_size=args.batch_size, resize=args.resize, max_pixels=args.max_pixels,
                                  progress=not args.no_progress)
     opened = []

@@ -10,8 +10,9 @@ set:
    runner's :class:`~camdeploy.units.stats.UnitStats` keeps top images and the quantile's values,
    and its maps go to a spill file under the output folder (``4 * units * h * w`` bytes per image:
    175 MB for Lite0 on 699 images), removed at the end;
-2. tally: each image's concepts are read once (in a background thread) and every runner's maps
-   are tallied against them (:class:`~camdeploy.units.tally.Tally`).
+2. tally: each image's concepts are read once and every runner's maps are tallied against them
+   (:class:`~camdeploy.units.tally.Tally`), by worker threads over ranges of images whose counts are
+   summed (integers: the same counts in any split).
 
 Memory does not grow with the number of images, except for the quantile's buffer (see
 :mod:`camdeploy.units.stats`) and the list of images kept.
@@ -23,8 +24,9 @@ import concurrent.futures
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +36,9 @@ import numpy as np
 from camdeploy.errors import CamdeployError
 from camdeploy.runtime.batches import BatchOptions, image_batches
 from camdeploy.runtime.images import Frame
+from camdeploy.runtime.onnxruntime_runner import usable_cpus
 from camdeploy.runtime.runner import Runner
-from camdeploy.units.concepts import ConceptMap, ConceptSource
+from camdeploy.units.concepts import ConceptSource
 from camdeploy.units.stats import DEFAULT_QUANTILE, DEFAULT_TOP_K, UnitStats
 from camdeploy.units.tally import DEFAULT_IOU_THRESHOLD, Tally, TallyResult
 
@@ -60,6 +63,8 @@ class UnitsOptions:
     """``stretch`` or ``crop`` (default: what the concepts need, else the model's own)."""
     max_pixels: int | None = None
     prefetch: int = 2
+    workers: int | None = None
+    """Threads that tally (default: the CPUs this process may use)."""
     progress: bool = True
 
 
@@ -140,21 +145,17 @@ def _progress(total: int, label: str, enabled: bool):  # type: ignore[no-untyped
     return tqdm(total=total, unit="img", desc=label, disable=not enabled or None, file=sys.stderr)
 
 
-def _concepts_ahead(source: ConceptSource, items: list[tuple[int, Frame]], ahead: int = 8
-                    ) -> Iterator[ConceptMap]:
-    """``source.concept_map`` of each item, read up to ``ahead`` images ahead in a thread."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="camdeploy-concepts") as pool:
-        pending: list[concurrent.futures.Future[ConceptMap]] = []
-        position = 0
-        try:
-            while position < len(items) or pending:
-                while position < len(items) and len(pending) < ahead:
-                    pending.append(pool.submit(source.concept_map, *items[position]))
-                    position += 1
-                yield pending.pop(0).result()
-        finally:
-            for future in pending:
-                future.cancel()
+def _tally_share(source: ConceptSource, items: list[tuple[int, Frame]], positions: range, maps: list[np.ndarray],
+                 thresholds: list[np.ndarray], units: list[int], map_shape: tuple[int, int], done: Callable[[], None]
+                 ) -> list[Tally]:
+    """One worker's share of the tally: every model's counts over the images at ``positions``."""
+    tallies = [Tally(u, source.primary, len(source.categories)) for u in units]
+    for position in positions:
+        concepts = source.concept_map(*items[position])
+        for m, tally in enumerate(tallies):
+            tally.add(np.asarray(maps[m][position]).reshape(units[m], *map_shape), thresholds[m], concepts)
+        done()
+    return tallies
 
 
 def analyse_units(runners: list[Runner], source: ConceptSource, work_dir: str | Path,
@@ -253,17 +254,34 @@ def _analyse(runners: list[Runner], source: ConceptSource, spill_dir: Path, opti
     tallies: list[Tally | None] = [None] * len(runners)
     if source.has_concepts:
         start = time.perf_counter()
-        tallies = [Tally(s.units, source.primary, len(source.categories)) for s in stats]
         bar = _progress(len(kept), "tally", options.progress)
-        try:
-            for position, concepts in enumerate(_concepts_ahead(source, list(zip(kept, frames, strict=True)))):
-                for m, tally in enumerate(tallies):
-                    assert tally is not None
-                    units = stats[m].units
-                    tally.add(np.asarray(maps[m][position]).reshape(units, *map_shape), mask_thresholds[m], concepts)
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def done() -> None:
+            if stop.is_set():  # Ctrl-C or another worker failed: stop early
+                raise KeyboardInterrupt
+            with lock:
                 bar.update(1)
+
+        # Workers over contiguous ranges of images, each with its own counts, summed at the end:
+        # the tally's NumPy work (resizes, comparisons, products) releases the GIL.
+        workers = max(1, min(options.workers or usable_cpus(), len(kept)))
+        items = list(zip(kept, frames, strict=True))
+        bounds = np.linspace(0, len(kept), workers + 1).astype(int)
+        units = [s.units for s in stats]
+        try:
+            with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="camdeploy-tally") as pool:
+                futures = [pool.submit(_tally_share, source, items, range(bounds[w], bounds[w + 1]), maps,
+                                       mask_thresholds, units, map_shape, done) for w in range(workers)]
+                try:
+                    shares = [f.result() for f in futures]
+                except BaseException:
+                    stop.set()
+                    raise
         finally:
             bar.close()
+        tallies = [Tally.total([share[m] for share in shares]) for m in range(len(runners))]
         seconds["tally"] = time.perf_counter() - start
     del maps  # the memory maps, before their files are removed
     models = []

@@ -65,6 +65,17 @@ class Tally:
         self.label_images = np.zeros(labels, dtype=np.int64)  # images where each label occurs
         self.images = 0
 
+    @classmethod
+    def total(cls, parts: list[Tally]) -> Tally:
+        """The counts of several tallies of the same units and labels, over their images together."""
+        first = parts[0]
+        out = cls(first.intersection.shape[0], first.primary, first.categories)
+        for part in parts:
+            for name in ("intersection", "label_pixels", "unit_pixels", "unit_category_pixels", "label_images"):
+                getattr(out, name)[...] += getattr(part, name)
+            out.images += part.images
+        return out
+
     def add(self, maps: np.ndarray, thresholds: np.ndarray, concepts: ConceptMap) -> None:
         """Count one image: ``maps float32 [U, h, w]``, ``thresholds float32 [U]``."""
         labels = len(self.primary)

@@ -306,3 +306,22 @@ def _ours_without(root: Path, features: np.ndarray, thresholds: np.ndarray, skip
         if i not in skip:
             tally.add(features[i], thresholds, source.concept_map(i, None))  # type: ignore[arg-type]
     return tally
+
+
+def test_tallies_of_parts_add_up_to_the_whole(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    write_random_broden(tmp_path, 9, rng)
+    features = random_features(9, 12, rng)
+    thresholds = _thresholds(features, 0.08)
+    whole = _ours(tmp_path, features, thresholds)
+    source = read_broden(tmp_path, tuple(CATEGORIES))
+    parts = []
+    for chunk in (range(0, 4), range(4, 5), range(5, 9)):
+        part = Tally(12, source.primary, len(source.categories))
+        for i in chunk:
+            part.add(features[i], thresholds, source.concept_map(i, None))  # type: ignore[arg-type]
+        parts.append(part)
+    total = Tally.total(parts)
+    for name in ("intersection", "label_pixels", "unit_pixels", "unit_category_pixels", "label_images"):
+        np.testing.assert_array_equal(getattr(total, name), getattr(whole, name))
+    assert total.images == whole.images == 9
