@@ -17,7 +17,7 @@ import camdeploy
 from camdeploy.cli import build_parser, main
 from camdeploy.errors import CamdeployError
 
-SUBCOMMANDS = ["export", "run", "serve", "info", "demo", "eval", "bench", "calibrate", "convert", "check"]
+SUBCOMMANDS = ["export", "run", "serve", "info", "demo", "eval", "bench", "calibrate", "convert", "check", "units"]
 # Every module but the PyTorch side (export/, models/), which needs torch by design, and
 # __main__, which runs the CLI when imported.
 RUNTIME_MODULES = ["camdeploy", *sorted(

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     import argparse
 
     import camdeploy
-    from camdeploy.cli import bench, calibrate, demo, evaluate, export, info, run, serve, tensorrt, triton
+    from camdeploy.cli import bench, calibrate, demo, evaluate, export, info, run, serve, tensorrt, triton, units
 
     parser = argparse.ArgumentParser(
         prog="camdeploy",
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                "141 output pipe closed")
     parser.add_argument("--version", action="version", version=f"camdeploy {camdeploy.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (export, run, serve, info, demo, evaluate, bench, calibrate, tensorrt, triton):
+    for command in (export, run, serve, info, demo, evaluate, bench, calibrate, tensorrt, triton, units):
         command.add_parsers(sub)
     return parser
 
@@ -69,7 +69,8 @@ def interrupt_after() -> Iterator[None]:
 
 def _preload(command: str | None) -> None:
     """Import what ``command`` will need from compiled libraries now, where Ctrl-C waits for them."""
-    if command in ("run", "info", "eval", "bench", "calibrate", "convert", "serve", "triton", "check", "build"):
+    if command in ("run", "info", "eval", "bench", "calibrate", "convert", "serve", "triton", "check", "build",
+                   "units"):
         import cv2  # noqa: F401
         import onnx  # noqa: F401
 

@@ -79,6 +79,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "same model and settings): skip the files they hold, retry the failed ones")
     state.add_argument("--overwrite", action="store_true", help="start over in an --out that holds results")
     p.add_argument("--allow-partial", action="store_true", help="exit 0 even when some inputs were left out")
+    p.add_argument("--why", type=int, nargs="?", const=3, default=0, metavar="N",
+                   help="add to each record the N units (default 3) contributing most to its top class's logit, "
+                   "W[c, k] times the pooled feature: {unit, share} (see `camdeploy units`)")
+    p.add_argument("--why-concepts", metavar="UNITS_DIR", help="with --why: the --out folder (or units.json) of "
+                   "`camdeploy units` on this model, to name each unit's concept (its label when it is a detector)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
@@ -122,6 +127,13 @@ def _check_engine(args: argparse.Namespace) -> None:
                 raise CamdeployError(f"{flag} {value}: an option of --engine ray (this run uses --engine local)")
     if args.threads is not None and args.threads < 1:
         raise CamdeployError(f"--threads {args.threads}: expected a positive number")
+    if args.why < 0:
+        raise CamdeployError(f"--why {args.why}: expected a positive number of units")
+    if args.why_concepts and not args.why:
+        raise CamdeployError(f"--why-concepts {args.why_concepts}: names the units of --why; add --why")
+    if args.why and args.run_engine == "ray":
+        raise CamdeployError("--why with --engine ray: the units behind a prediction are found by the local engine "
+                             "only; use --engine local")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -150,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = make_runner(args.backend, args.model, chosen)
     options = RunOptions(batch_size=args.batch_size, resize=args.resize, overlays=args.overlays,
                          progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite,
-                         max_pixels=args.max_pixels, int8=args.int8)
+                         max_pixels=args.max_pixels, int8=args.int8, why=args.why, why_concepts=args.why_concepts)
     engine = ""
     try:
         if args.run_engine == "ray":

@@ -53,7 +53,7 @@ from camdeploy.runtime.runner import Runner
 RESULTS_NAME = "results.jsonl"
 FAILURES_NAME = "failures.jsonl"
 MANIFEST_NAME = "run.json"
-RESUME_KEYS = ("model_sha256", "backend", "resize", "box_threshold", "int8")
+RESUME_KEYS = ("model_sha256", "backend", "resize", "box_threshold", "int8", "why")
 """Settings that change the results: a resumed run must have the same."""
 
 
@@ -76,6 +76,11 @@ class RunOptions:
     """Batches read and prepared ahead, while the previous one runs."""
     int8: str = "auto"
     """Recorded in ``run.json`` (how the runner runs INT8), compared by ``--resume``."""
+    why: int = 0
+    """Units per record behind the top class's logit (a ``why`` field, see
+    :func:`camdeploy.units.classes.why`); 0: none."""
+    why_concepts: str | None = None
+    """The ``camdeploy units`` report whose unit labels ``why`` names."""
 
 
 @dataclass
@@ -223,7 +228,8 @@ def _read_results(path: Path) -> set[bytes]:
 def _settings(runner: Runner, model: Path | None, options: RunOptions) -> dict[str, object]:
     return {"model": str(model.resolve()) if model else None, "model_sha256": file_sha256(model) if model else None,
             "backend": runner.name, "execution": runner.execution, "resize": options.resize or runner.spec.resize,
-            "box_threshold": runner.box_threshold, "int8": options.int8, "topk": runner.spec.topk}
+            "box_threshold": runner.box_threshold, "int8": options.int8, "topk": runner.spec.topk,
+            **({"why": options.why, "why_concepts": options.why_concepts} if options.why else {})}
 
 
 def _prepare_folder(out_dir: Path, settings: dict[str, object], options: RunOptions) -> set[bytes]:
@@ -324,13 +330,22 @@ def run_files(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: str | P
     if source is not None and options.overlays:
         raise CamdeployError("--overlays: overlays are drawn by the local engine only; run without them, or "
                              "run `camdeploy run --overlays` on the images you want to look at")
+    if source is not None and options.why:
+        raise CamdeployError("--why: the units behind a prediction are found by the local engine only; run "
+                             "without --why, or with --engine local")
+    explain = None
+    if options.why:
+        from camdeploy.units.classes import explainer
+
+        explain = explainer(runner, options.why, options.why_concepts)
     out_dir = Path(out_dir)
     with hold_folder(out_dir):
-        return _run_locked(runner, inputs, out_dir, options, report, model, source)
+        return _run_locked(runner, inputs, out_dir, options, report, model, source, explain)
 
 
 def _run_locked(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: Path, options: RunOptions,
-                report: Callable[[str], None], model: Path | None, source: RecordSource | None) -> RunSummary:
+                report: Callable[[str], None], model: Path | None, source: RecordSource | None,
+                explain: Callable[[CamResult], list[list[dict[str, object]]]] | None) -> RunSummary:
     """:func:`run_files` once the folder is this process's."""
     from tqdm import tqdm
 
@@ -389,10 +404,13 @@ def _run_locked(runner: Runner, inputs: Sequence[Path] | Listing, out_dir: Path,
             cv2.setNumThreads(1)
         try:
             for batch in batches:
-                result = runner.infer_images(batch.tensors, batch.frames,
+                result = runner.infer_images(batch.tensors, batch.frames, features=bool(options.why),
                                              outputs="all" if options.overlays else "boxes")
                 records = [result_record(path, result, i, runner.spec.class_names)
                            for i, path in enumerate(batch.items)]
+                if explain is not None:
+                    for record, reasons in zip(records, explain(result), strict=True):
+                        record["why"] = reasons
                 if options.overlays and batch.images is not None and result.cams is not None:
                     for i, path in enumerate(batch.items):
                         label = f"{records[i]['labels'][0]} {records[i]['scores'][0]:.2f}"
